@@ -1,0 +1,63 @@
+"""Ahead-of-time compilation of a Triton kernel for a GPU target, on a machine without a GPU.
+
+The interpreter (TRITON_INTERPRET=1) never compiles, so it cannot see what only the GPU compiler
+rejects: tl.dot shape/dtype rules, shared-memory or register overflow. `compile_for_gpu` runs the
+real compiler (ptxas ships inside the triton wheel) for sm_80 / sm_90a and returns the metadata,
+so a test can check every config a launcher may pick against the card's shared-memory limit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# Opt-in shared memory per thread block, bytes: A100 (sm_80) 163 KiB, H100 (sm_90) 227 KiB.
+SHARED_MEMORY_LIMIT: dict[int, int] = {80: 166_912, 90: 232_448}
+
+
+@dataclass(frozen=True)
+class CompiledInfo:
+    capability: int
+    shared_bytes: int
+    num_warps: int
+    num_stages: int
+    registers: int | None  # only known after loading on a device; None here
+
+
+def compile_for_gpu(
+    kernel: Any,
+    signature: Mapping[str, str],
+    constexprs: Mapping[str, Any],
+    *,
+    capability: int,
+    num_warps: int = 4,
+    num_stages: int = 3,
+) -> CompiledInfo:
+    """Compile `kernel` (a @triton.jit function) for CUDA compute capability `capability`.
+
+    signature: every argument name -> Triton type string ("*fp32", "*bf16", "i32", "fp32",
+    "constexpr"); constexprs: the values of the constexpr arguments. Raises whatever the
+    compiler raises (e.g. on an illegal tl.dot shape); raises ValueError when the kernel needs
+    more shared memory than the card has.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    unwrapped = getattr(kernel, "fn", kernel)  # an @triton.autotune / heuristics wrapper holds .fn
+    while not hasattr(unwrapped, "arg_names") and hasattr(unwrapped, "fn"):
+        unwrapped = unwrapped.fn
+    source = ASTSource(fn=unwrapped, signature=dict(signature), constexprs=dict(constexprs))
+    compiled = triton.compile(
+        source,
+        target=GPUTarget("cuda", capability, 32),
+        options={"num_warps": num_warps, "num_stages": num_stages},
+    )
+    shared = int(compiled.metadata.shared)
+    limit = SHARED_MEMORY_LIMIT.get(capability)
+    if limit is not None and shared > limit:
+        raise ValueError(
+            f"{unwrapped.__name__} needs {shared} bytes of shared memory on sm_{capability}, "
+            f"over the card's {limit} (constexprs={dict(constexprs)}, num_warps={num_warps}, "
+            f"num_stages={num_stages})"
+        )
+    return CompiledInfo(capability, shared, num_warps, num_stages, None)
