@@ -8,20 +8,5 @@ CUDA tensors run the Triton kernels; CPU tensors run the torch twins (the CPU im
 the test oracle). Nothing here imports spear_fast.
 """
 from kernels._backend import HAS_TRITON
-from kernels.linear_multi_target_ce import linear_multi_target_ce, linear_multi_target_ce_reference
-from kernels.mvq_search import MVQSearchResult, mvq_search, mvq_search_reference
-from kernels.token_mix import TokenMixPlan, TokenMixResult, draw_token_mix_plan, token_mix, token_mix_reference
 
-__all__ = [
-    "HAS_TRITON",
-    "MVQSearchResult",
-    "TokenMixPlan",
-    "TokenMixResult",
-    "draw_token_mix_plan",
-    "linear_multi_target_ce",
-    "linear_multi_target_ce_reference",
-    "mvq_search",
-    "mvq_search_reference",
-    "token_mix",
-    "token_mix_reference",
-]
+__all__ = ["HAS_TRITON"]
