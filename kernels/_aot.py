@@ -43,9 +43,15 @@ def compile_for_gpu(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    unwrapped = getattr(kernel, "fn", kernel)  # an @triton.autotune / heuristics wrapper holds .fn
-    while not hasattr(unwrapped, "arg_names") and hasattr(unwrapped, "fn"):
-        unwrapped = unwrapped.fn
+    from triton.runtime.jit import JITFunction
+
+    # Unwrap @triton.autotune / @triton.heuristics / the interpreter's wrapper down to the plain
+    # Python function, then re-wrap it as a compilable JITFunction (under TRITON_INTERPRET=1
+    # @triton.jit gives an InterpretedFunction, which the compiler cannot take).
+    python_fn = kernel
+    while hasattr(python_fn, "fn"):
+        python_fn = python_fn.fn
+    unwrapped = JITFunction(python_fn)
     source = ASTSource(fn=unwrapped, signature=dict(signature), constexprs=dict(constexprs))
     compiled = triton.compile(
         source,
