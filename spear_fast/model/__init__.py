@@ -1,0 +1,26 @@
+"""The SPEAR student: configuration presets, Conv2d subsampling, attention backends, the encoder."""
+from spear_fast.model.attention import AttentionBackendUnavailable, resolve_backend
+from spear_fast.model.config import (
+                                     PRESETS,
+                                     EncoderConfig,
+                                     StudentConfig,
+                                     SubsamplingConfig,
+                                     apply_overrides,
+                                     base,
+                                     config_from_dict,
+                                     config_to_dict,
+                                     describe,
+                                     large,
+                                     param_count,
+                                     preset,
+                                     tiny,
+                                     xlarge,
+)
+from spear_fast.model.student import SpearStudent, StudentOutput
+from spear_fast.model.subsampling import subsampled_lengths
+
+__all__ = [
+    "PRESETS", "AttentionBackendUnavailable", "EncoderConfig", "SpearStudent", "StudentConfig", "StudentOutput",
+    "SubsamplingConfig", "apply_overrides", "base", "config_from_dict", "config_to_dict", "describe", "large",
+    "param_count", "preset", "resolve_backend", "subsampled_lengths", "tiny", "xlarge",
+]

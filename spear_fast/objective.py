@@ -1,0 +1,255 @@
+"""The SPEAR objective (SPEAR.md section 6): one linear head per teacher, masked multi-target CE via
+kernels op 2, frame-rate alignment of the teachers' MVQ tokens, and the dual-domain loss.
+
+Per teacher t and clip b (frames f at the student's rate):
+    S_tb = sum_f w_f * (1/N_t) * sum_n CE(head_t(h_f)[n], z_fn),   w_f = alpha (masked), 1 - alpha
+    (unmasked), 0 (padding); ignored targets (-100) contribute 0.
+Which (teacher, clip) pairs count, by mode (a teacher's domain is "speech" or "audio"):
+    asymmetric   speech teachers on every clip, audio teachers on audio clips only (the paper's)
+    own_teacher  each teacher only on clips of its own domain
+    both_all     every teacher on every clip
+Teacher weights: 1 for speech teachers, lambda_audio for audio teachers (in every mode; set
+lambda_audio = 1 for an unweighted ablation). So, asymmetric: L = sum_speech S_s + sum_audio
+(S_s + lambda S_a). A clip with no tokens for a teacher (token length 0, or the teacher absent from
+the batch) contributes nothing to that teacher's loss.
+
+Normalisation: loss = loss_sum / weight_total with weight_total = sum of w_f over every valid student
+frame of the batch (independent of teachers and tokens, so the gradient is exactly the summed
+formula's times one per-batch constant). Under DDP/accumulation the trainer can instead divide
+loss_sum by the global weight_total. Per-teacher logging values are S_t / W_t with W_t the frame
+weight the teacher actually covered (a mean CE per weighted frame, ~ln 256 = 5.5 at init).
+
+Frame-rate alignment (student rate r_s, teacher rate r_t): r_s = k r_t repeats each token frame k
+times (25 Hz teacher, 50 Hz student: k = 2); r_t = g r_s concatenates g consecutive frames into
+g N codebooks (50 Hz teacher, 25 Hz student: g = 2, the head then has g N * 256 outputs; an odd last
+frame's missing half is -100). After alignment, a clip's token length may differ from its student
+length by up to max_length_mismatch frames (default 2, at the student's rate): extra tokens are
+trimmed, missing ones padded with -100; a larger difference raises ValueError naming the clip.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from kernels.linear_multi_target_ce import linear_multi_target_ce
+
+IGNORE = -100  # target value that contributes nothing (same convention as the op and token_mix)
+DOMAINS = ("speech", "audio")
+MODES = ("asymmetric", "own_teacher", "both_all")
+
+
+@dataclass
+class TeacherSpec:
+    name: str = field(metadata={"doc": "teacher name (key of the targets mapping)"})
+    domain: Literal["speech", "audio"] = field(metadata={"doc": "the domain this teacher is the expert of"})
+    num_codebooks: int = field(metadata={"doc": "MVQ codebooks N of the teacher's tokens", "ge": 1})
+    frame_rate: float = field(metadata={"doc": "token frames per second (Hz)", "gt": 0.0})
+    codebook_size: int = field(default=256, metadata={"doc": "entries K per codebook", "ge": 2})
+
+
+@dataclass
+class ObjectiveConfig:
+    teachers: tuple[TeacherSpec, ...] = field(default=(), metadata={"doc": "the teachers, one head each"})
+    alpha: float = field(default=0.5, metadata={"doc": "frame weight of masked frames (1 - alpha: unmasked)",
+                                                 "ge": 0.0, "le": 1.0})
+    lambda_audio: float = field(default=0.1, metadata={"doc": "weight of the audio teachers' loss", "ge": 0.0})
+    mode: Literal["asymmetric", "own_teacher", "both_all"] = field(
+        default="asymmetric", metadata={"doc": "which teacher applies to which clip domain (module docstring)"})
+    max_length_mismatch: int = field(default=2, metadata={
+        "doc": "tolerated |token frames - student frames| per clip after alignment, at the student rate",
+        "ge": 0})
+
+    def validate(self) -> None:
+        if not self.teachers:
+            raise ValueError("objective.teachers is empty: the objective needs at least one teacher")
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective.teachers has duplicate names: {names}")
+        for t in self.teachers:
+            if t.domain not in DOMAINS:
+                raise ValueError(f"teacher {t.name!r}: domain must be one of {DOMAINS}, got {t.domain!r}")
+            if t.num_codebooks < 1 or t.codebook_size < 2 or not t.frame_rate > 0:
+                raise ValueError(f"teacher {t.name!r}: needs num_codebooks >= 1, codebook_size >= 2 and "
+                                 f"frame_rate > 0, got {t.num_codebooks}, {t.codebook_size}, {t.frame_rate}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"objective.alpha must lie in [0, 1], got {self.alpha}")
+        if self.lambda_audio < 0:
+            raise ValueError(f"objective.lambda_audio must be >= 0, got {self.lambda_audio}")
+        if self.mode not in MODES:
+            raise ValueError(f"objective.mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_length_mismatch < 0:
+            raise ValueError(f"objective.max_length_mismatch must be >= 0, got {self.max_length_mismatch}")
+
+
+def rate_ratio(teacher_rate: float, student_rate: float) -> tuple[int, int]:
+    """(repeat k, group g): student = k * teacher (repeat frames) or teacher = g * student (group
+    frames); one of them is 1. ValueError for non-integer ratios."""
+    for a, b, kind in ((student_rate, teacher_rate, "repeat"), (teacher_rate, student_rate, "group")):
+        ratio = a / b
+        if ratio >= 1 and abs(ratio - round(ratio)) < 1e-6:
+            return (round(ratio), 1) if kind == "repeat" else (1, round(ratio))
+    raise ValueError(f"teacher frame rate {teacher_rate} Hz and student frame rate {student_rate} Hz are not "
+                     f"integer multiples of each other")
+
+
+def head_codebooks(spec: TeacherSpec, student_rate: float) -> int:
+    """Codebooks the teacher's head predicts per student frame (g * N)."""
+    _, group = rate_ratio(spec.frame_rate, student_rate)
+    return group * spec.num_codebooks
+
+
+def align_targets(tokens: torch.Tensor, token_lengths: torch.Tensor, teacher_rate: float, student_rate: float,
+                  student_lengths: torch.Tensor, num_frames: int, max_mismatch: int = 2,
+                  name: str = "teacher") -> torch.Tensor:
+    """Teacher tokens (B, T_t, N) at teacher_rate -> (B, num_frames, g N) int64 at student_rate, -100
+    beyond each clip's aligned length and on padding. Clips with token length 0 come out all -100."""
+    if tokens.dim() != 3 or tokens.is_floating_point():
+        raise ValueError(f"{name}: tokens must be an integer (B, T, N) tensor, got {tuple(tokens.shape)} "
+                         f"{tokens.dtype}")
+    batch, teacher_frames, codebooks = tokens.shape
+    if token_lengths.shape != (batch,) or student_lengths.shape != (batch,):
+        raise ValueError(f"{name}: token_lengths and student_lengths must be ({batch},), got "
+                         f"{tuple(token_lengths.shape)} and {tuple(student_lengths.shape)}")
+    token_lengths = token_lengths.to(tokens.device, torch.int64)
+    student_lengths = student_lengths.to(tokens.device, torch.int64)
+    if batch and (int(token_lengths.min()) < 0 or int(token_lengths.max()) > teacher_frames):
+        raise ValueError(f"{name}: token_lengths must lie in [0, {teacher_frames}] (tokens {tuple(tokens.shape)}), "
+                         f"got {token_lengths.tolist()}")
+    repeat, group = rate_ratio(teacher_rate, student_rate)
+    tokens = tokens.to(torch.int64)
+    beyond = torch.arange(teacher_frames, device=tokens.device)[None, :] >= token_lengths[:, None]  # (B, T_t)
+    tokens = tokens.masked_fill(beyond[..., None], IGNORE)
+    if repeat > 1:
+        tokens = tokens.repeat_interleave(repeat, dim=1)  # (B, k T_t, N)
+        aligned_lengths = token_lengths * repeat
+    elif group > 1:
+        padded_frames = math.ceil(teacher_frames / group) * group
+        tokens = nn.functional.pad(tokens, (0, 0, 0, padded_frames - teacher_frames), value=IGNORE)
+        tokens = tokens.reshape(batch, padded_frames // group, group * codebooks)  # (B, T_t / g, g N)
+        aligned_lengths = (token_lengths + group - 1) // group
+    else:
+        aligned_lengths = token_lengths
+    has_tokens = token_lengths > 0
+    mismatch = (aligned_lengths - student_lengths).abs()
+    bad = (has_tokens & (mismatch > max_mismatch)).nonzero()
+    if bad.numel():
+        b = int(bad[0, 0])
+        raise ValueError(f"{name}: utterance {b} has {int(aligned_lengths[b])} token frames at the student rate "
+                         f"{student_rate} Hz ({int(token_lengths[b])} at {teacher_rate} Hz) but the student has "
+                         f"{int(student_lengths[b])} frames (tolerance {max_mismatch})")
+    out = tokens.new_full((batch, num_frames, tokens.shape[2]), IGNORE)  # (B, T', g N)
+    width = min(num_frames, tokens.shape[1])
+    keep = torch.arange(width, device=tokens.device)[None, :] < torch.minimum(aligned_lengths, student_lengths)[:, None]
+    out[:, :width] = tokens[:, :width].masked_fill(~keep[..., None], IGNORE)
+    return out
+
+
+def frame_weights(output_mask: torch.Tensor, lengths: torch.Tensor, alpha: float,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, T'): alpha on masked frames, 1 - alpha on unmasked, 0 on padding (t >= lengths)."""
+    valid = torch.arange(output_mask.shape[1], device=output_mask.device)[None, :] < lengths[:, None]
+    masked = torch.tensor(alpha, dtype=dtype, device=output_mask.device)
+    weights = torch.where(output_mask, masked, 1.0 - masked)
+    return weights * valid
+
+
+def teacher_applies(teacher_domain: str, clip_domain: str, mode: str) -> bool:
+    if mode == "both_all":
+        return True
+    if mode == "own_teacher":
+        return teacher_domain == clip_domain
+    return teacher_domain == "speech" or clip_domain == "audio"  # asymmetric
+
+
+class ObjectiveOutput(NamedTuple):
+    loss: torch.Tensor  # () loss_sum / weight_total, what to optimise
+    loss_sum: torch.Tensor  # () sum_t weight_t * S_t (differentiable)
+    weight_total: torch.Tensor  # () sum of frame weights over valid student frames (no grad)
+    teacher_losses: dict[str, torch.Tensor]  # name -> () S_t / W_t, detached (nan when W_t = 0)
+    teacher_sums: dict[str, torch.Tensor]  # name -> () S_t, detached
+    teacher_weights: dict[str, torch.Tensor]  # name -> () W_t
+
+
+class SpearObjective(nn.Module):
+    """Heads + loss. forward(hidden, lengths, output_mask, targets, domains) -> ObjectiveOutput."""
+
+    def __init__(self, config: ObjectiveConfig, model_dim: int, student_frame_rate: float):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.model_dim = model_dim
+        self.student_frame_rate = student_frame_rate
+        self.heads = nn.ModuleDict()
+        for spec in config.teachers:
+            outputs = head_codebooks(spec, student_frame_rate) * spec.codebook_size
+            self.heads[spec.name] = nn.Linear(model_dim, outputs)  # weight (g N K, d): codebook n = rows [nK, (n+1)K)
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor, output_mask: torch.Tensor,
+                targets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], domains: Sequence[str]) -> ObjectiveOutput:
+        """hidden (B, T', d) student output; lengths (B,); output_mask (B, T') bool (masked frames);
+        targets: teacher name -> (tokens (B, T_t, N_t) int, -100 allowed; token_lengths (B,), 0 = none);
+        domains: B strings in {"speech", "audio"}."""
+        config = self.config
+        if hidden.dim() != 3 or hidden.shape[2] != self.model_dim:
+            raise ValueError(f"hidden must be (B, T', {self.model_dim}), got {tuple(hidden.shape)}")
+        batch, num_frames, _ = hidden.shape
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must be ({batch},), got {tuple(lengths.shape)}")
+        if output_mask.shape != (batch, num_frames) or output_mask.dtype != torch.bool:
+            raise ValueError(f"output_mask must be a bool ({batch}, {num_frames}) tensor, got "
+                             f"{tuple(output_mask.shape)} {output_mask.dtype}")
+        if len(domains) != batch or any(d not in DOMAINS for d in domains):
+            raise ValueError(f"domains must be {batch} values in {DOMAINS}, got {list(domains)}")
+        unknown = set(targets) - set(self.heads.keys())
+        if unknown:
+            raise ValueError(f"targets for unknown teachers {sorted(unknown)}; heads: {list(self.heads.keys())}")
+        device = hidden.device
+        lengths = lengths.to(device, torch.int64)
+        weight_dtype = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 hidden
+        weights = frame_weights(output_mask.to(device), lengths, config.alpha, weight_dtype)  # (B, T')
+        flat_hidden = hidden.reshape(batch * num_frames, -1)  # (B T', d)
+
+        loss_sum = hidden.new_zeros((), dtype=weight_dtype)
+        teacher_losses, teacher_sums, teacher_weights = {}, {}, {}
+        for spec in config.teachers:
+            head = self.heads[spec.name]
+            scale = 1.0 if spec.domain == "speech" else config.lambda_audio
+            applies = torch.tensor([teacher_applies(spec.domain, d, config.mode) for d in domains], device=device)
+            selected = None
+            if spec.name in targets:
+                tokens, token_lengths = targets[spec.name]
+                if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[2] != spec.num_codebooks:
+                    raise ValueError(f"{spec.name}: tokens must be ({batch}, T, {spec.num_codebooks}), got "
+                                     f"{tuple(tokens.shape)}")
+                aligned = align_targets(tokens.to(device), token_lengths.to(device), spec.frame_rate,
+                                        self.student_frame_rate, lengths, num_frames, config.max_length_mismatch,
+                                        name=spec.name)  # (B, T', g N)
+                teacher_w = weights * applies[:, None]  # (B, T')
+                keep = (teacher_w > 0) & (aligned != IGNORE).any(dim=2)  # (B, T')
+                selected = keep.reshape(-1).nonzero().squeeze(1)  # (F,)
+            if selected is None or selected.numel() == 0:
+                # keep the head in the graph (DDP expects every parameter to receive a gradient)
+                term = (head.weight.sum() + head.bias.sum()) * 0.0
+                covered = weights.new_zeros(())
+            else:
+                h = flat_hidden.index_select(0, selected)  # (F, d)
+                w = teacher_w.reshape(-1).index_select(0, selected)  # (F,)
+                z = aligned.reshape(batch * num_frames, -1).index_select(0, selected)  # (F, g N)
+                term = linear_multi_target_ce(h, head.weight.to(h.dtype), z, w, bias=head.bias.to(h.dtype),
+                                              reduction="sum")
+                covered = w.sum()
+            loss_sum = loss_sum + scale * term.to(weight_dtype)
+            teacher_sums[spec.name] = term.detach().to(weight_dtype)
+            teacher_weights[spec.name] = covered.detach()
+            teacher_losses[spec.name] = (term.detach().to(weight_dtype) / covered if covered > 0
+                                         else torch.full((), float("nan"), device=device))
+        weight_total = weights.sum().detach()
+        loss = loss_sum / weight_total.clamp(min=torch.finfo(weight_dtype).tiny)
+        return ObjectiveOutput(loss=loss, loss_sum=loss_sum, weight_total=weight_total,
+                               teacher_losses=teacher_losses, teacher_sums=teacher_sums,
+                               teacher_weights=teacher_weights)
