@@ -1,0 +1,154 @@
+"""Pre-training examples: audio from a manifest plus each teacher's stored MVQ tokens.
+
+`SpearDataset[i]` reads one clip (16 kHz mono), crops clips longer than `max_duration` at a random
+start aligned to ALIGN_SAMPLES (so every teacher's token frames are cut at a frame boundary), and
+looks up the clip's tokens in each teacher's token store (None where a store has no entry: e.g. the
+audio teacher is only run on audio-domain clips). A clip that cannot be read is not fatal: the item
+comes back as None, the reason is appended to `bad_items` (per worker) and `collate` drops it.
+
+`collate` pads waves with zeros and tokens with IGNORE (-100), giving a `Batch`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from spear_fast.audio import SAMPLE_RATE, AudioError, load_audio
+from spear_fast.data.manifest import ManifestEntry
+from spear_fast.data.token_store import TokenStore
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # target value the loss skips (kernels.linear_multi_target_ce)
+# Crop starts are multiples of 640 samples = 40 ms: one frame at 25 Hz, two at 50 Hz, four fbank
+# frames at 100 Hz, so all token streams stay aligned with the cropped audio.
+ALIGN_SAMPLES = 640
+
+
+@dataclass
+class Example:
+    id: str
+    wave: torch.Tensor  # (L,) float32, 16 kHz
+    domain: str  # "speech" | "audio"
+    tokens: dict[str, np.ndarray | None]  # teacher -> (T, N) uint8, or None when the store lacks the clip
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    waves: torch.Tensor  # (B, L) float32, zero-padded
+    lengths: torch.Tensor  # (B,) int64 samples
+    is_audio: torch.Tensor  # (B,) bool, True for audio-domain clips
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, T, N) int64, IGNORE-padded
+    token_lengths: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B,) int64, 0 = no tokens
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            ids=self.ids,
+            waves=self.waves.to(device, non_blocking=True),
+            lengths=self.lengths.to(device, non_blocking=True),
+            is_audio=self.is_audio.to(device, non_blocking=True),
+            tokens={name: t.to(device, non_blocking=True) for name, t in self.tokens.items()},
+            token_lengths={name: t.to(device, non_blocking=True) for name, t in self.token_lengths.items()},
+        )
+
+    @property
+    def seconds(self) -> float:
+        return float(self.lengths.sum()) / SAMPLE_RATE
+
+
+class SpearDataset(torch.utils.data.Dataset):
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        token_stores: Mapping[str, TokenStore],
+        *,
+        max_duration: float | None = None,
+        seed: int = 0,
+    ):
+        if max_duration is not None and max_duration * SAMPLE_RATE < ALIGN_SAMPLES:
+            raise ValueError(f"SpearDataset: max_duration {max_duration} s is shorter than one aligned crop step (40 ms)")
+        self.entries = list(entries)
+        self.token_stores = dict(token_stores)
+        self.max_duration = max_duration
+        self.seed = seed
+        self.epoch = 0
+        self.bad_items: list[tuple[str, str]] = []  # (id, reason), for the skip report
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def durations(self) -> list[float]:
+        """Seconds per item after cropping (what the batch sampler budgets)."""
+        cap = self.max_duration if self.max_duration is not None else float("inf")
+        return [min(entry.effective_duration, cap) for entry in self.entries]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> Example | None:
+        entry = self.entries[index]
+        try:
+            wave, _ = load_audio(
+                entry.path, SAMPLE_RATE, offset=entry.offset, duration=entry.segment_duration
+            )
+        except AudioError as error:
+            self.bad_items.append((entry.id, str(error)))
+            log.warning("skipping %s: %s", entry.id, error)
+            return None
+        tokens = {
+            name: (np.asarray(store[entry.id]) if entry.id in store else None)
+            for name, store in self.token_stores.items()
+        }
+        start, cropped = 0, False
+        if self.max_duration is not None and wave.numel() > self.max_duration * SAMPLE_RATE:
+            keep = int(self.max_duration * SAMPLE_RATE) // ALIGN_SAMPLES * ALIGN_SAMPLES
+            steps = (wave.numel() - keep) // ALIGN_SAMPLES
+            # A per-(seed, epoch, item) generator: the crop is the same in every worker layout.
+            generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63)
+            start = int(torch.randint(0, steps + 1, (1,), generator=generator)) * ALIGN_SAMPLES
+            wave = wave[start : start + keep]
+            cropped = True
+        for name, array in tokens.items():
+            if array is None or not cropped:
+                continue
+            rate = self.token_stores[name].meta.frame_rate
+            first = round(start * rate / SAMPLE_RATE)
+            count = int(np.ceil(wave.numel() * rate / SAMPLE_RATE))
+            tokens[name] = array[first : first + count]
+        return Example(id=entry.id, wave=wave, domain=entry.domain, tokens=tokens)
+
+
+def collate(examples: Sequence[Example | None], teachers: Sequence[str]) -> Batch | None:
+    """Pad a list of examples into a Batch (None items, i.e. unreadable clips, are dropped)."""
+    kept = [example for example in examples if example is not None]
+    if not kept:
+        return None
+    lengths = torch.tensor([example.wave.numel() for example in kept], dtype=torch.int64)  # (B,)
+    waves = torch.zeros(len(kept), int(lengths.max()), dtype=torch.float32)  # (B, L)
+    for row, example in enumerate(kept):
+        waves[row, : example.wave.numel()] = example.wave
+    batch = Batch(
+        ids=[example.id for example in kept],
+        waves=waves,
+        lengths=lengths,
+        is_audio=torch.tensor([example.domain == "audio" for example in kept], dtype=torch.bool),
+    )
+    for name in teachers:
+        arrays = [example.tokens.get(name) for example in kept]
+        widths = {array.shape[1] for array in arrays if array is not None}
+        if len(widths) > 1:
+            raise ValueError(f"collate: teacher {name!r} tokens have different codebook counts {sorted(widths)} in one batch")
+        num_codebooks = widths.pop() if widths else 1
+        token_lengths = torch.tensor([0 if a is None else a.shape[0] for a in arrays], dtype=torch.int64)  # (B,)
+        targets = torch.full((len(kept), max(int(token_lengths.max()), 1), num_codebooks), IGNORE, dtype=torch.int64)
+        for row, array in enumerate(arrays):
+            if array is not None and array.shape[0]:
+                targets[row, : array.shape[0]] = torch.from_numpy(array.astype(np.int64))  # copy: memmaps are read-only
+        batch.tokens[name] = targets  # (B, T, N)
+        batch.token_lengths[name] = token_lengths
+    return batch
