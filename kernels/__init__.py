@@ -6,7 +6,26 @@ Importable on its own (depends on torch, and on triton only when it is installed
 
 CUDA tensors run the Triton kernels; CPU tensors run the torch twins (the CPU implementation and
 the test oracle). Nothing here imports spear_fast.
+
+- mvq_search: multi-codebook nearest-centre search / MVQ swap-error table (op 1)
+- linear_multi_target_ce: head linear layer fused with masked multi-target cross-entropy (op 2)
+- token_mix: waveform mixing at an SNR + per-(frame, codebook) target swap (op 3)
 """
 from kernels._backend import HAS_TRITON
+from kernels.linear_multi_target_ce import linear_multi_target_ce, linear_multi_target_ce_reference
+from kernels.mvq_search import MVQSearchResult, mvq_search, mvq_search_reference
+from kernels.token_mix import TokenMixPlan, TokenMixResult, draw_token_mix_plan, token_mix, token_mix_reference
 
-__all__ = ["HAS_TRITON"]
+__all__ = [
+    "HAS_TRITON",
+    "MVQSearchResult",
+    "TokenMixPlan",
+    "TokenMixResult",
+    "draw_token_mix_plan",
+    "linear_multi_target_ce",
+    "linear_multi_target_ce_reference",
+    "mvq_search",
+    "mvq_search_reference",
+    "token_mix",
+    "token_mix_reference",
+]
