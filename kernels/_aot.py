@@ -67,3 +67,70 @@ def compile_for_gpu(
             f"num_stages={num_stages})"
         )
     return CompiledInfo(capability, shared, num_warps, num_stages, None)
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """One kernel configuration to compile: `kernel` names a @triton.jit function of the module."""
+
+    kernel: str
+    signature: Mapping[str, str]
+    constexprs: Mapping[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+# Runs in a fresh interpreter: reads (module, capability, jobs) as JSON on stdin, prints the shared
+# memory of each compiled job as JSON on the last line of stdout.
+_COMPILE_SCRIPT = """
+import importlib, json, sys
+from kernels._aot import compile_for_gpu
+request = json.load(sys.stdin)
+module = importlib.import_module(request["module"])
+shared = [
+    compile_for_gpu(getattr(module, job["kernel"]), job["signature"], job["constexprs"],
+                    capability=request["capability"], num_warps=job["num_warps"],
+                    num_stages=job["num_stages"]).shared_bytes
+    for job in request["jobs"]
+]
+print(json.dumps(shared))
+"""
+
+
+def compile_jobs_for_gpu(
+    module: str, jobs: list[CompileJob], capabilities: tuple[int, ...] = (80, 90), timeout: float = 900.0
+) -> dict[int, list[int]]:
+    """Compile every job of `module` for every capability; returns capability -> shared bytes per job.
+
+    Each capability compiles in its own fresh Python process WITHOUT TRITON_INTERPRET, side by side
+    (the compiler is single-threaded): under the interpreter, @triton.jit library functions (tl.sum,
+    tl.zeros, tl.argmin, ...) run as interpreted code and leave triton.language patched, so the real
+    compiler fails in that process after its first kernel. Raises RuntimeError with the compiler's
+    message when a job does not compile (or needs more shared memory than the card has).
+    """
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]  # the directory holding the `kernels` package
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    payload = [dataclasses.asdict(job) for job in jobs]
+    processes = {
+        capability: subprocess.Popen(
+            [sys.executable, "-c", _COMPILE_SCRIPT], cwd=root, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        for capability in capabilities
+    }
+    results: dict[int, list[int]] = {}
+    for capability, process in processes.items():
+        request = json.dumps({"module": module, "capability": capability, "jobs": payload})
+        out, err = process.communicate(request, timeout=timeout)
+        if process.returncode != 0:
+            raise RuntimeError(f"{module}: compiling for sm_{capability} failed:\n{err[-4000:]}")
+        results[capability] = json.loads(out.strip().splitlines()[-1])
+    return results

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels._aot import CompileJob
 from kernels._backend import HAS_TRITON
 from kernels.linear_multi_target_ce import (
     ce_chunk_torch,
@@ -346,24 +347,7 @@ SIGNATURE = {
     "BLOCK_R": "constexpr", "BLOCK_K": "constexpr",
 }
 
-# Run in a fresh interpreter without TRITON_INTERPRET: under the interpreter, triton.language's
-# @triton.jit library functions (tl.max, tl.sum) are interpreted functions, which the real compiler
-# cannot take, so it cannot run in this test process.
-AOT_SCRIPT = """
-import json, sys
-from kernels._aot import compile_for_gpu
-from kernels.linear_multi_target_ce import _ce_chunk_kernel
-capability = int(sys.argv[1])
-shared = []
-for signature, constexprs, num_warps in json.load(sys.stdin):
-    info = compile_for_gpu(_ce_chunk_kernel, signature, constexprs, capability=capability,
-                           num_warps=num_warps)
-    shared.append(info.shared_bytes)
-print(json.dumps(shared))
-"""
-
-
-def aot_jobs() -> list:
+def aot_jobs() -> list[CompileJob]:
     """Every tile the launcher can pick in its heaviest variant (bias + gradient, bf16 logits);
     the other variants (fp32 / fp16 logits, no bias, no gradient) at the SPEAR tile (K = 256)."""
     from kernels.linear_multi_target_ce import kernel_config, launcher_configs
@@ -372,42 +356,23 @@ def aot_jobs() -> list:
     for cfg in launcher_configs():
         constexprs = {"HAS_BIAS": True, "COMPUTE_GRAD": True, "SINGLE_TILE": cfg["SINGLE_TILE"],
                       "BLOCK_R": cfg["BLOCK_R"], "BLOCK_K": cfg["BLOCK_K"]}
-        jobs.append((SIGNATURE, constexprs, cfg["num_warps"]))
+        jobs.append(CompileJob("_ce_chunk_kernel", SIGNATURE, constexprs, cfg["num_warps"]))
     cfg = kernel_config(256)
     tiles = {"SINGLE_TILE": True, "BLOCK_R": cfg["BLOCK_R"], "BLOCK_K": cfg["BLOCK_K"]}
     for dtype, has_bias, grad in (("*fp32", False, True), ("*fp16", True, False)):
         signature = dict(SIGNATURE, logits_ptr=dtype, bias_ptr=dtype)
-        jobs.append((signature, dict(tiles, HAS_BIAS=has_bias, COMPUTE_GRAD=grad), cfg["num_warps"]))
+        jobs.append(CompileJob("_ce_chunk_kernel", signature, dict(tiles, HAS_BIAS=has_bias, COMPUTE_GRAD=grad), cfg["num_warps"]))
     return jobs
 
 
 @needs_triton
 def test_kernel_compiles_for_gpu_at_every_launcher_config():
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from kernels._aot import SHARED_MEMORY_LIMIT
+    from kernels._aot import SHARED_MEMORY_LIMIT, compile_jobs_for_gpu
     from kernels.linear_multi_target_ce import kernel_config
 
     assert [kernel_config(k)["BLOCK_K"] for k in (1, 16, 17, 256, 1024, 1025)] == [16, 16, 32, 256, 1024, 1024]
     assert not kernel_config(1025)["SINGLE_TILE"] and kernel_config(256)["SINGLE_TILE"]
-    root = Path(__file__).resolve().parents[1]
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    jobs = json.dumps(aot_jobs())
-    processes = {  # one process per capability, side by side (the compiler is single-threaded)
-        capability: subprocess.Popen(
-            [sys.executable, "-c", AOT_SCRIPT, str(capability)], cwd=root, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        for capability in (80, 90)
-    }
-    for capability, process in processes.items():
-        out, err = process.communicate(jobs, timeout=600)
-        assert process.returncode == 0, f"sm_{capability}: {err[-3000:]}"
-        shared = json.loads(out.strip().splitlines()[-1])
-        assert len(shared) == len(aot_jobs())
+    jobs = aot_jobs()
+    for capability, shared in compile_jobs_for_gpu("kernels.linear_multi_target_ce", jobs).items():
+        assert len(shared) == len(jobs)
         assert all(0 <= s <= SHARED_MEMORY_LIMIT[capability] for s in shared), shared

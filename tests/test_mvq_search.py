@@ -2,16 +2,11 @@
 against float64 oracles, tie-breaking, validation, torch.compile and AOT compilation for sm_80/sm_90."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from kernels._aot import SHARED_MEMORY_LIMIT
+from kernels._aot import SHARED_MEMORY_LIMIT, CompileJob, compile_jobs_for_gpu
 from kernels._backend import HAS_TRITON
 from kernels.mvq_search import (
     GPU_SEARCH_CONFIGS,
@@ -205,7 +200,9 @@ def test_twin_realistic_size(with_indexes, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("with_indexes", [False, True], ids=["plain", "indexed"])
 def test_twin_small_and_chunked(with_indexes, dtype, seed, monkeypatch):
-    import kernels.mvq_search as module
+    import importlib
+
+    module = importlib.import_module("kernels.mvq_search")  # the module: `kernels.mvq_search` is also the op
 
     # A tiny chunk budget forces many chunks (chunk = 2 frames here), including a ragged last one.
     monkeypatch.setattr(module, "TWIN_CHUNK_ELEMENTS", 2 * 4 * 24)
@@ -347,8 +344,8 @@ RESIDUAL_SIGNATURE = {
 }
 
 
-def aot_jobs() -> list[tuple]:
-    """(kernel name, signature, constexprs, config) for every config the GPU launcher can pick.
+def aot_jobs() -> list[CompileJob]:
+    """Every config the GPU launcher can pick.
 
     Every tile config is compiled in its heaviest form (fp32 operands, indexed, fused argmin: the
     most shared memory and registers); the other launcher variants (half-precision loads, the plain
@@ -358,7 +355,7 @@ def aot_jobs() -> list[tuple]:
         for config in configs:
             constexprs = dict(HAS_INDEXES=True, FUSED_ARGMIN=True, BLOCK_K=block_k,
                               BLOCK_B=config["BLOCK_B"], BLOCK_D=config["BLOCK_D"])
-            jobs.append(("_mvq_search_kernel", SEARCH_SIGNATURE, constexprs, config))
+            jobs.append(CompileJob("_mvq_search_kernel", SEARCH_SIGNATURE, constexprs, config["num_warps"], config["num_stages"]))
     # (rows dtype, centers dtype, flags, BLOCK_K, config): the unfused form exists only with 256-wide
     # tiles (K > 256); the dtype of the loads does not depend on the tile, so the cheapest one does.
     variants = [
@@ -368,47 +365,16 @@ def aot_jobs() -> list[tuple]:
     for rows, centers, flags, block_k, config in variants:
         signature = dict(SEARCH_SIGNATURE, rows_ptr=rows, centers_ptr=centers)
         constexprs = dict(flags, BLOCK_K=block_k, BLOCK_B=config["BLOCK_B"], BLOCK_D=config["BLOCK_D"])
-        jobs.append(("_mvq_search_kernel", signature, constexprs, config))
+        jobs.append(CompileJob("_mvq_search_kernel", signature, constexprs, config["num_warps"], config["num_stages"]))
     constexprs = dict(BLOCK_B=RESIDUAL_CONFIG["BLOCK_B"], BLOCK_D=RESIDUAL_CONFIG["BLOCK_D"])
-    jobs.append(("_mvq_residual_kernel", RESIDUAL_SIGNATURE, constexprs, RESIDUAL_CONFIG))
+    jobs.append(CompileJob("_mvq_residual_kernel", RESIDUAL_SIGNATURE, constexprs, RESIDUAL_CONFIG["num_warps"], RESIDUAL_CONFIG["num_stages"]))
     return jobs
-
-
-# Run in a fresh interpreter without TRITON_INTERPRET: under the interpreter, @triton.jit library
-# functions (tl.zeros, tl.sum, tl.argmin) are interpreted functions that patch triton.language for
-# good when the compiler calls them, so the real compiler cannot run in this test process.
-AOT_SCRIPT = """
-import json, sys
-import kernels.mvq_search as module
-from kernels._aot import compile_for_gpu
-capability = int(sys.argv[1])
-shared = []
-for name, signature, constexprs, config in json.load(sys.stdin):
-    info = compile_for_gpu(getattr(module, name), signature, constexprs, capability=capability,
-                           num_warps=config["num_warps"], num_stages=config["num_stages"])
-    shared.append(info.shared_bytes)
-print(json.dumps(shared))
-"""
 
 
 @needs_triton
 def test_aot_compile_every_config():
     assert sorted(GPU_SEARCH_CONFIGS) == sorted({search_block_k(k) for k in (1, 16, 17, 64, 65, 256, 4096)})
-    root = Path(__file__).resolve().parents[1]
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    jobs = json.dumps(aot_jobs())
-    # One process per capability, side by side (the compiler is single-threaded).
-    processes = {
-        capability: subprocess.Popen(
-            [sys.executable, "-c", AOT_SCRIPT, str(capability)], cwd=root, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        for capability in (80, 90)
-    }
-    for capability, process in processes.items():
-        out, err = process.communicate(jobs, timeout=600)
-        assert process.returncode == 0, f"sm_{capability}: {err[-3000:]}"
-        shared = json.loads(out.strip().splitlines()[-1])
-        assert len(shared) == len(aot_jobs())
+    jobs = aot_jobs()
+    for capability, shared in compile_jobs_for_gpu("kernels.mvq_search", jobs).items():
+        assert len(shared) == len(jobs)
         assert all(0 <= s <= SHARED_MEMORY_LIMIT[capability] for s in shared), shared

@@ -499,67 +499,42 @@ def test_opcheck_schema_and_fake():
     torch.library.opcheck(torch.ops.spear.token_mix.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
-# Every config the launcher can pick: 3 wave dtypes x 2 wave kernels, 3 token dtypes x (uniforms or
-# the hash), at the GPU block sizes. Compiled in a subprocess WITHOUT TRITON_INTERPRET: with the
-# interpreter on, @triton.jit yields interpreter functions and Triton 3.9's code generator fails on
-# the second and later kernels of a process ('block_argument' object has no attribute
-# 'get_element_ty'), a limitation of the interpreter mode, not of the kernels.
-_AOT_SCRIPT = r"""
-import json, sys
-from kernels import token_mix as tm
-from kernels._aot import compile_for_gpu
+def aot_jobs() -> list:
+    """Every config the launcher can pick: 3 wave dtypes x 2 wave kernels, 3 token dtypes x (uniforms
+    or the hash), at the GPU block sizes."""
+    import importlib
 
-plan_ptrs = dict(partner_ptr="*i64", offset_ptr="*i64", length_ptr="*i64")
-jobs = []
-for wave in ("*fp32", "*fp16", "*bf16"):
-    jobs.append((tm._overlap_power_kernel,
-                 dict(waves_ptr=wave, **plan_ptrs, power_ptr="*fp32", stride_row="i32", n_chunks="i32",
-                      BLOCK="constexpr", ITERS="constexpr"),
-                 dict(BLOCK=tm._WAVE_BLOCK, ITERS=tm._POWER_ITERS)))
-    jobs.append((tm._mix_waves_kernel,
-                 dict(waves_ptr=wave, out_ptr=wave, **plan_ptrs, power_ptr="*fp32", ratio_ptr="*fp32",
-                      beta_snr_ptr="*fp32", gain_ptr="*fp32", beta_ptr="*fp32", L="i32", stride_row="i32",
-                      n_chunks="i32", BLOCK="constexpr"),
-                 dict(BLOCK=tm._WAVE_BLOCK)))
-for tokens in ("*i64", "*i32", "*i16"):
-    for has_uniforms in (True, False):
-        jobs.append((tm._swap_targets_kernel,
-                     dict(targets_ptr=tokens, out_ptr=tokens, uniforms_ptr="*fp32", partner_ptr="*i64",
-                          start_ptr="*i64", end_ptr="*i64", beta_ptr="*fp32", key="i32", T="i32", N="i32",
-                          BLOCK="constexpr", HAS_UNIFORMS="constexpr", IGNORE="constexpr"),
-                     dict(BLOCK=tm._TARGET_BLOCK, HAS_UNIFORMS=has_uniforms, IGNORE=tm.IGNORE_INDEX)))
-results = {}
-for capability in (80, 90):
-    results[capability] = [
-        compile_for_gpu(kernel, signature, constexprs, capability=capability, num_warps=tm._NUM_WARPS).shared_bytes
-        for kernel, signature, constexprs in jobs
-    ]
-print(json.dumps(results))
-"""
+    from kernels._aot import CompileJob
 
+    tm = importlib.import_module("kernels.token_mix")  # the module: `kernels.token_mix` is also the op's name
 
-@pytest.fixture(scope="module")
-def aot_shared_bytes() -> dict[str, list[int]]:
-    import json
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    plan_ptrs = dict(partner_ptr="*i64", offset_ptr="*i64", length_ptr="*i64")
+    jobs = []
+    for wave in ("*fp32", "*fp16", "*bf16"):
+        power = dict(waves_ptr=wave, **plan_ptrs, power_ptr="*fp32", stride_row="i32", n_chunks="i32",
+                     BLOCK="constexpr", ITERS="constexpr")
+        jobs.append(CompileJob("_overlap_power_kernel", power, dict(BLOCK=tm._WAVE_BLOCK, ITERS=tm._POWER_ITERS),
+                               tm._NUM_WARPS))
+        mix = dict(waves_ptr=wave, out_ptr=wave, **plan_ptrs, power_ptr="*fp32", ratio_ptr="*fp32",
+                   beta_snr_ptr="*fp32", gain_ptr="*fp32", beta_ptr="*fp32", L="i32", stride_row="i32",
+                   n_chunks="i32", BLOCK="constexpr")
+        jobs.append(CompileJob("_mix_waves_kernel", mix, dict(BLOCK=tm._WAVE_BLOCK), tm._NUM_WARPS))
+    for tokens in ("*i64", "*i32", "*i16"):
+        for has_uniforms in (True, False):
+            swap = dict(targets_ptr=tokens, out_ptr=tokens, uniforms_ptr="*fp32", partner_ptr="*i64",
+                        start_ptr="*i64", end_ptr="*i64", beta_ptr="*fp32", key="i32", T="i32", N="i32",
+                        BLOCK="constexpr", HAS_UNIFORMS="constexpr", IGNORE="constexpr")
+            constexprs = dict(BLOCK=tm._TARGET_BLOCK, HAS_UNIFORMS=has_uniforms, IGNORE=tm.IGNORE_INDEX)
+            jobs.append(CompileJob("_swap_targets_kernel", swap, constexprs, tm._NUM_WARPS))
+    return jobs
 
 
 @needs_triton
-@pytest.mark.parametrize("capability", [80, 90])
-def test_aot_compile_every_config(aot_shared_bytes, capability):
-    from kernels._aot import SHARED_MEMORY_LIMIT
+def test_aot_compile_every_config():
+    from kernels._aot import SHARED_MEMORY_LIMIT, compile_jobs_for_gpu
 
-    shared = aot_shared_bytes[str(capability)]
-    assert len(shared) == 12  # 6 wave-kernel configs + 6 token-kernel configs
-    assert all(0 <= s <= SHARED_MEMORY_LIMIT[capability] for s in shared)
+    jobs = aot_jobs()
+    assert len(jobs) == 12  # 6 wave-kernel configs + 6 token-kernel configs
+    for capability, shared in compile_jobs_for_gpu("kernels.token_mix", jobs).items():
+        assert len(shared) == len(jobs)
+        assert all(0 <= s <= SHARED_MEMORY_LIMIT[capability] for s in shared), shared
