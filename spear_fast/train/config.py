@@ -1,0 +1,206 @@
+"""Pre-training configuration: one typed dataclass per concern, nested under `TrainConfig`.
+
+Every field is documented once (its `doc` metadata; `describe(config)` prints them) and carries its
+range, so the student's `apply_overrides` works unchanged on the whole tree:
+
+    config = apply_overrides(train_config("tiny"), ["optim.lr=3e-4", "model.encoder.num_layers=4"])
+
+Sections: model (the student), masking, loss (objective + the teachers' token layout), optim,
+schedule, data (batching, workers, validation), mixing (token and noise mixing), runtime (device,
+precision, compile, seed), logging, checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from spear_fast.masking import MaskingConfig
+from spear_fast.model.config import StudentConfig, _field, config_from_dict, preset
+
+TEACHER_NAMES = ("speech", "audio")  # the key of each teacher = the domain it is the expert of
+
+
+@dataclass
+class TeacherTokensConfig:
+    """What one teacher's token store must hold; None = take it from the store's meta.json (the
+    resolved value is written back, so a resumed run checks the store against it)."""
+
+    num_codebooks: int | None = _field(None, "MVQ codebooks N per token frame (None: from the store)", ge=1)
+    frame_rate: float | None = _field(None, "token frames per second (None: from the store)", gt=0.0)
+    codebook_size: int = _field(256, "entries K per codebook", ge=2, le=256)
+
+
+@dataclass
+class LossConfig:
+    """The objective of SPEAR.md section 6 (spear_fast/objective.py)."""
+
+    alpha: float = _field(0.5, "frame weight of masked frames (unmasked frames: 1 - alpha)", ge=0.0, le=1.0)
+    lambda_audio: float = _field(0.1, "weight of the audio teacher's loss", ge=0.0)
+    mode: Literal["asymmetric", "own_teacher", "both_all"] = _field(
+        "asymmetric", "asymmetric: speech teacher on all clips, audio teacher on audio clips; own_teacher: "
+                      "each teacher on its own domain; both_all: every teacher on every clip")
+    max_length_mismatch: int = _field(2, "tolerated |token frames - student frames| per clip (student rate)", ge=0)
+    teachers: Literal["both", "speech", "audio"] = _field(
+        "both", "which teachers' losses are used (single-teacher ablations drop the other store)")
+    speech: TeacherTokensConfig = _field(TeacherTokensConfig(), "speech teacher's tokens")
+    audio: TeacherTokensConfig = _field(TeacherTokensConfig(), "audio teacher's tokens")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, gradient clipping and accumulation."""
+
+    lr: float = _field(5e-4, "peak learning rate", gt=0.0)
+    beta1: float = _field(0.9, "AdamW beta1", ge=0.0, lt=1.0)
+    beta2: float = _field(0.98, "AdamW beta2", ge=0.0, lt=1.0)
+    eps: float = _field(1e-8, "AdamW epsilon", gt=0.0)
+    weight_decay: float = _field(0.01, "AdamW decoupled weight decay (not on biases, norms, mask vector)", ge=0.0)
+    grad_clip: float = _field(1.0, "clip the global gradient norm to this (0: no clipping)", ge=0.0)
+    accum_steps: int = _field(1, "micro-batches per optimizer step (gradient accumulation)", ge=1)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: linear warm-up, then cosine, Eden or constant."""
+
+    kind: Literal["cosine", "eden", "constant"] = _field(
+        "cosine", "cosine: decay to min_lr_ratio * lr at total_steps; eden: Zipformer/icefall Eden "
+                  "((s^2 + S^2)/S^2)^-1/4 * ((e^2 + E^2)/E^2)^-1/4; constant: lr after warm-up")
+    total_steps: int = _field(100_000, "optimizer steps of the run (the schedule's length and the default stop)",
+                              ge=1)
+    warmup_steps: int = _field(2_000, "linear warm-up steps from warmup_start * lr to lr", ge=0)
+    warmup_start: float = _field(0.0, "lr factor at step 0 of the warm-up", ge=0.0, le=1.0)
+    min_lr_ratio: float = _field(0.02, "cosine: final lr / peak lr", ge=0.0, le=1.0)
+    eden_lr_steps: float = _field(7500.0, "eden: step scale S of the step factor", gt=0.0)
+    eden_lr_epochs: float = _field(3.5, "eden: epoch scale E of the epoch factor", gt=0.0)
+
+
+@dataclass
+class DataConfig:
+    """Batching (dynamic, by seconds of padded audio), loading and up-front validation."""
+
+    max_seconds: float = _field(200.0, "seconds of PADDED audio per micro-batch per process", gt=0.0)
+    num_buckets: int = _field(10, "duration buckets of the batch sampler", ge=1)
+    max_duration: float = _field(30.0, "clips longer than this are randomly cropped to it (seconds)", gt=0.04)
+    min_duration: float = _field(0.2, "clips shorter than this are skipped (reported in skipped.jsonl)", ge=0.01)
+    num_workers: int = _field(2, "DataLoader worker processes (0: load in the training process)", ge=0)
+    prefetch_factor: int = _field(2, "batches prefetched per worker", ge=1)
+    allow_missing_tokens: bool = _field(
+        False, "False: every clip must have tokens of every teacher that applies to it (checked up front)")
+    length_tolerance: float = _field(
+        0.1, "up-front check: |token frames / frame_rate - clip duration| must be <= this many seconds", ge=0.0)
+
+
+@dataclass
+class MixingConfig:
+    """Token mixing (SPEAR.md section 7, kernels.token_mix) and noise mixing; training only."""
+
+    token_mix_prob: float = _field(0.1, "probability that a clip gets another clip of the batch mixed in",
+                                   ge=0.0, le=1.0)
+    snr_min_db: float = _field(-5.0, "token mixing: lowest primary-to-partner SNR (dB)")
+    snr_max_db: float = _field(5.0, "token mixing: highest SNR (dB)")
+    overlap_min: float = _field(0.2, "token mixing: shortest partial overlap, fraction of the primary", ge=0.0,
+                                le=1.0)
+    overlap_max: float = _field(0.5, "token mixing: longest partial overlap, fraction of the primary", ge=0.0,
+                                le=1.0)
+    full_overlap_prob: float = _field(0.5, "token mixing: probability of a full-length overlap", ge=0.0, le=1.0)
+    noise_prob: float = _field(0.0, "probability that a clip gets noise added (targets unchanged)", ge=0.0,
+                               le=1.0)
+    noise_kind: Literal["gaussian", "batch"] = _field(
+        "gaussian", "noise source: white Gaussian noise, or another clip of the batch (babble, no token swap)")
+    noise_snr_min_db: float = _field(5.0, "noise mixing: lowest SNR (dB)")
+    noise_snr_max_db: float = _field(20.0, "noise mixing: highest SNR (dB)")
+
+    def validate(self) -> None:
+        if self.snr_min_db > self.snr_max_db or self.noise_snr_min_db > self.noise_snr_max_db:
+            raise ValueError(f"mixing: SNR ranges must have min <= max, got [{self.snr_min_db}, {self.snr_max_db}] "
+                             f"and [{self.noise_snr_min_db}, {self.noise_snr_max_db}]")
+        if self.overlap_min > self.overlap_max:
+            raise ValueError(f"mixing.overlap_min={self.overlap_min} > mixing.overlap_max={self.overlap_max}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Device, precision, compilation, seed."""
+
+    device: str = _field("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _field(
+        "auto", "auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a GradScaler")
+    compile: Literal["auto", "on", "off"] = _field("auto", "torch.compile the student's blocks; auto: on for CUDA")
+    compile_backend: str = _field("inductor", "torch.compile backend (aot_eager/eager for quick CPU checks)")
+    seed: int = _field(0, "seed of the data order, crops, masks, mixing and dropout (per step)", ge=0)
+    threads: int = _field(0, "torch CPU threads (0: torch's default)", ge=0)
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = _field(10, "steps between stdout lines (log.jsonl gets every step)", ge=1)
+    progress: bool = _field(True, "tqdm progress bar (rank 0)")
+    tensorboard: bool = _field(True, "write TensorBoard events when torch.utils.tensorboard is importable")
+    plot: bool = _field(True, "loss-curve PNG at the end (needs matplotlib)")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = _field(1000, "save every N optimizer steps (and always at the end / on SIGTERM)", ge=1)
+    keep_last: int = _field(3, "checkpoints kept (older ones are deleted)", ge=1)
+    ema_decay: float = _field(0.0, "EMA of the student's weights (0: off; e.g. 0.9999)", ge=0.0, lt=1.0)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train.py` needs besides the data paths."""
+
+    model: StudentConfig = _field(StudentConfig(), "the student (preset + overrides)")
+    masking: MaskingConfig = _field(MaskingConfig(), "fbank span masking (spear_fast/masking.py)")
+    loss: LossConfig = _field(LossConfig(), "objective")
+    optim: OptimConfig = _field(OptimConfig(), "optimizer")
+    schedule: ScheduleConfig = _field(ScheduleConfig(), "learning-rate schedule")
+    data: DataConfig = _field(DataConfig(), "batching and loading")
+    mixing: MixingConfig = _field(MixingConfig(), "token and noise mixing")
+    runtime: RuntimeConfig = _field(RuntimeConfig(), "device, precision, compile, seed")
+    logging: LoggingConfig = _field(LoggingConfig(), "logging")
+    checkpoint: CheckpointConfig = _field(CheckpointConfig(), "checkpointing")
+
+    def validate(self) -> None:
+        from spear_fast.model.config import _check_bounds
+
+        _check_bounds(self)
+        self.model.validate()
+        self.masking.validate()
+        self.mixing.validate()
+        if self.data.min_duration >= self.data.max_duration:
+            raise ValueError(f"data.min_duration={self.data.min_duration} must be < data.max_duration="
+                             f"{self.data.max_duration}")
+        if self.data.max_duration > self.data.max_seconds:
+            raise ValueError(f"data.max_duration={self.data.max_duration} s does not fit in a batch of "
+                             f"data.max_seconds={self.data.max_seconds} s")
+        if self.schedule.warmup_steps > self.schedule.total_steps:
+            raise ValueError(f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds schedule.total_steps="
+                             f"{self.schedule.total_steps}")
+
+
+# Per-preset training defaults: the student preset plus batch/lr choices that suit its size. The CPU
+# demo (tiny) uses short batches and a short schedule; the others follow the paper's scale loosely
+# (~300 s of audio per GPU per step, lr for AdamW rather than ScaledAdam).
+_PRESET_DEFAULTS: dict[str, list[str]] = {
+    "tiny": ["data.max_seconds=60", "data.max_duration=10", "schedule.total_steps=2000", "schedule.warmup_steps=100",
+             "optim.lr=1e-3", "checkpoint.every_steps=200", "data.num_workers=1"],
+    "base": ["data.max_seconds=300", "schedule.total_steps=400000", "schedule.warmup_steps=5000", "optim.lr=5e-4"],
+    "large": ["data.max_seconds=300", "schedule.total_steps=400000", "schedule.warmup_steps=5000", "optim.lr=3e-4"],
+    "xlarge": ["data.max_seconds=300", "schedule.total_steps=500000", "schedule.warmup_steps=5000",
+               "optim.lr=2e-4"],
+}
+
+
+def train_config(name: str) -> TrainConfig:
+    """The training config of preset `name` (ValueError listing the known names otherwise)."""
+    from spear_fast.model.config import apply_overrides
+
+    student = preset(name)  # raises for unknown names
+    return apply_overrides(TrainConfig(model=student), _PRESET_DEFAULTS[name])
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from `config_to_dict` output (checkpoints)."""
+    return config_from_dict(TrainConfig, data)

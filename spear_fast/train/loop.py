@@ -1,0 +1,503 @@
+"""The pre-training loop: one process (CPU or GPU) or DDP over torchrun (env://), any number of nodes.
+
+One optimizer step = accum_steps micro-batches per process:
+    loader (workers: audio + tokens) -> device -> [token/noise mixing] -> fbank -> masks
+    -> student -> heads -> masked multi-target CE (kernels op 2)
+Loss normalisation: every micro-batch's frame-weight total is known before the forward (it depends
+only on the masks and lengths), so the step first sums them over micro-batches and ranks
+(all_reduce) and each micro-batch backpropagates loss_sum / W_global (x world size, undoing DDP's
+gradient averaging). The step's gradient is therefore that of sum(loss_sum) / W_global over the
+GLOBAL batch, whatever the split into ranks and micro-batches: 2 ranks x 1 micro-batch equals
+1 rank x 2 micro-batches (tests/test_train_ddp.py).
+Reproducibility: every random draw of a micro-batch (mixing, masking, dropout) comes from a seed of
+(runtime.seed, step, global micro-batch index = rank * accum_steps + i), the data order from the
+sampler's (seed, epoch) and its resume position, so a resumed run repeats the uninterrupted run's
+losses exactly (tests/test_train_resume.py).
+Stopping: SIGTERM/SIGINT set a flag; the loop finishes the current step, saves a checkpoint and
+returns (all ranks agree through an all_reduce of the flag).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from spear_fast.audio import fbank
+from spear_fast.data.dataset import Batch
+from spear_fast.data.manifest import ManifestEntry
+from spear_fast.data.token_store import TokenStore
+from spear_fast.masking import compute_masks
+from spear_fast.model.config import config_to_dict, param_count
+from spear_fast.model.student import SpearStudent
+from spear_fast.objective import (
+    ObjectiveConfig,
+    ObjectiveOutput,
+    SpearObjective,
+    frame_weights,
+)
+from spear_fast.train import checkpoint as ckpt
+from spear_fast.train.augment import augment_batch
+from spear_fast.train.config import TrainConfig, train_config_from_dict
+from spear_fast.train.data import SkipReport, build_loader, teacher_specs
+from spear_fast.train.metrics import RunLog, peak_flops, plot_losses, step_flops
+from spear_fast.train.schedule import lr_factor
+
+
+class TrainModule(nn.Module):
+    """Student + objective heads in one module (what DDP wraps)."""
+
+    def __init__(self, student: SpearStudent, objective: SpearObjective):
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, time_mask: torch.Tensor,
+                output_mask: torch.Tensor, targets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                domains: list[str]) -> ObjectiveOutput:
+        out = self.student(feats, feat_lengths, time_mask=time_mask, return_layers=False)
+        hidden = out.hidden  # (B, T', d)
+        device_type = hidden.device.type
+        if device_type == "cuda" and torch.is_autocast_enabled(device_type):
+            # the fused CE reads bf16/fp16 hidden and accumulates in fp32 (half the memory traffic)
+            hidden = hidden.to(torch.get_autocast_dtype(device_type))
+        return self.objective(hidden, out.lengths, output_mask, targets, domains)
+
+
+class Prepared(NamedTuple):
+    """One micro-batch on the device, ready for the forward."""
+
+    feats: torch.Tensor  # (B, T, 128) masked fbank (channel spans zeroed)
+    feat_lengths: torch.Tensor  # (B,)
+    time_mask: torch.Tensor  # (B, T) bool
+    output_mask: torch.Tensor  # (B, T') bool
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    domains: list[str]
+    weight_total: torch.Tensor  # () fp32 frame-weight total of the micro-batch
+    masked_frames: float
+    output_frames: float
+    seconds: float
+    seed: int
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done
+    stopped_by_signal: bool
+    checkpoint: Path | None
+    run_dir: Path
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of the random draws of global micro-batch `micro` of optimizer step `step`."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + micro) % (2**62)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT -> flag (checked at step boundaries); handlers restored by `restore()`."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+        self._previous: dict[int, Any] = {}
+        if threading_main():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.raised is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.raised = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
+    name = config.runtime.device
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"runtime.device={name!r} but CUDA is not available")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
+    precision = config.runtime.precision
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, entries: list[ManifestEntry], stores: dict[str, TokenStore],
+                 run_dir: Path, *, resume: bool = False, max_steps: int | None = None,
+                 skipped: list[dict[str, str]] | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.stores = stores
+        self.max_steps = min(max_steps, config.schedule.total_steps) if max_steps else config.schedule.total_steps
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.is_main = self.rank == 0
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(config, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if config.runtime.threads:
+            torch.set_num_threads(config.runtime.threads)
+        self.precision = resolve_precision(config, self.device)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        self.specs = teacher_specs(config)
+        self.frame_rates = {spec.name: spec.frame_rate for spec in self.specs}
+        torch.manual_seed(config.runtime.seed)  # the initial weights
+        student = SpearStudent(config.model)
+        objective = SpearObjective(ObjectiveConfig(teachers=self.specs, alpha=config.loss.alpha,
+                                                   lambda_audio=config.loss.lambda_audio, mode=config.loss.mode,
+                                                   max_length_mismatch=config.loss.max_length_mismatch),
+                                   student.dim, student.frame_rate)
+        self.module = TrainModule(student, objective).to(self.device)
+        self.head_outputs = sum(head.out_features for head in objective.heads.values())
+        self.num_params = param_count(self.module)
+        self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.ema: dict[str, torch.Tensor] | None = None
+        if config.checkpoint.ema_decay > 0:
+            self.ema = {k: v.detach().clone().float() for k, v in student.state_dict().items()
+                        if v.is_floating_point()}
+
+        self.loader, self.sampler = build_loader(entries, stores, config, rank=self.rank, world_size=self.world_size,
+                                                 pin_memory=self.device.type == "cuda")
+        self.step = 0
+        self.epoch = 0
+        self.batches_done = 0
+        self.resumed_from: Path | None = None
+        if resume:
+            latest = ckpt.latest_checkpoint(self.run_dir)
+            if latest is not None:
+                self._load(latest)
+                self.resumed_from = latest
+        self.sampler.set_epoch(self.epoch)
+
+        self.compiled = config.runtime.compile == "on" or (config.runtime.compile == "auto"
+                                                           and self.device.type == "cuda")
+        if self.compiled:
+            for block in student.blocks:  # per block: one graph each, reused across layers' shapes
+                block.compile(backend=config.runtime.compile_backend, dynamic=True)
+        self.model: nn.Module = self.module
+        if self.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.peak = peak_flops(self.device)
+        self.skips = SkipReport(self.run_dir / "skipped.jsonl", self.rank)
+        if self.is_main and skipped and self.resumed_from is None:
+            self.skips.add(skipped)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, param in self.module.named_parameters():
+            (decay if param.dim() >= 2 else no_decay).append(param)  # matrices decay; biases, norms, mask vector not
+        optim = self.config.optim
+        groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                                 fused=self.device.type == "cuda")
+
+    def _state(self) -> dict[str, Any]:
+        sampler_states = [[self.epoch, self.batches_done]]
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, [self.epoch, self.batches_done])
+            sampler_states = gathered
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "config": config_to_dict(self.config),
+            "model": self.module.student.state_dict(),
+            "objective": self.module.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scheduler": {"kind": self.config.schedule.kind, "step": self.step},
+            "sampler": {"seed": self.sampler.seed, "world_size": self.world_size,
+                        "ranks": [{"epoch": int(e), "batches_done": int(b)} for e, b in sampler_states]},
+            "ema": self.ema,
+            "rng": ckpt.capture_rng(),
+        }
+
+    def save(self) -> Path | None:
+        state = self._state()  # collective under DDP: every rank calls it
+        path = None
+        if self.is_main:
+            path = ckpt.save_checkpoint(state, self.run_dir, self.step, self.config.checkpoint.keep_last)
+        if self.world_size > 1:
+            dist.barrier()
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        stored = train_config_from_dict(state["config"])
+        if stored.model != self.config.model or stored.loss != self.config.loss:
+            raise ValueError(f"{path}: the checkpoint's model/loss config differs from this run's; resume with the "
+                             f"same --preset/--set/token stores (or a new --out)")
+        sampler = state["sampler"]
+        if sampler["world_size"] != self.world_size:
+            raise ValueError(f"{path}: saved by {sampler['world_size']} process(es), resumed with {self.world_size}; "
+                             f"resume with the same number of processes")
+        self.module.student.load_state_dict(state["model"])
+        self.module.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+        mine = sampler["ranks"][self.rank]
+        self.sampler.load_state_dict({"epoch": mine["epoch"], "batches_done": mine["batches_done"],
+                                      "seed": sampler["seed"]})
+        self.step = int(state["step"])
+        self.epoch = int(mine["epoch"])
+        self.batches_done = int(mine["batches_done"])
+        ckpt.restore_rng(state["rng"])
+
+    # ------------------------------------------------------------------ data
+    def _batches(self):
+        """Endless stream of usable Batches across epochs; tracks (epoch, batches_done) for resume."""
+        empty_epochs = 0
+        while True:
+            got_one = False
+            for loaded in self.loader:
+                self.batches_done += 1
+                if loaded.bad:
+                    self.skips.add([{"id": b.id, "reason": b.reason, "step": self.step} for b in loaded.bad])
+                if loaded.batch is None:
+                    continue
+                got_one = True
+                yield loaded.batch
+            empty_epochs = 0 if got_one else empty_epochs + 1
+            if empty_epochs >= 2:
+                raise ValueError(f"rank {self.rank}: a whole epoch gave no usable clip (see {self.skips.path})")
+            self.epoch += 1
+            self.batches_done = 0
+            self.sampler.set_epoch(self.epoch)
+
+    def prepare(self, batch: Batch, seed: int, train: bool = True) -> Prepared:
+        batch = batch.to(self.device)
+        generator = torch.Generator().manual_seed(seed)
+        waves, lengths = batch.waves, batch.lengths
+        tokens = dict(batch.tokens)
+        if train:
+            mixed = augment_batch(waves, lengths, tokens, self.frame_rates, self.config.mixing, generator, seed)
+            waves, tokens = mixed.waves, mixed.targets
+        feats, feat_lengths = fbank(waves, lengths)  # (B, T, 128), (B,)
+        masking = dataclasses.replace(self.config.masking, enabled=self.config.masking.enabled and train)
+        masks = compute_masks(feats, feat_lengths, masking, generator, self.config.model.subsampling.time_stride)
+        weights = frame_weights(masks.output_mask, masks.output_lengths, self.config.loss.alpha)  # (B, T')
+        domains = ["audio" if a else "speech" for a in batch.is_audio.tolist()]
+        targets = {name: (tokens[name], batch.token_lengths[name]) for name in tokens}
+        out_frames = float(masks.output_lengths.sum())
+        return Prepared(masks.feats, feat_lengths, masks.time_mask, masks.output_mask, targets, domains,
+                        weights.sum(), masks.output_fraction * out_frames, out_frames, batch.seconds, seed)
+
+    # ------------------------------------------------------------------ the step
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _all_reduce(self, tensor: torch.Tensor, op=None) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+        return tensor
+
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, Any]:
+        accum = self.config.optim.accum_steps
+        start = time.perf_counter()
+        self.model.train()
+        prepared = [self.prepare(b, micro_seed(self.config.runtime.seed, self.step, self.rank * accum + i))
+                    for i, b in enumerate(micro_batches)]
+        local_weight = torch.stack([p.weight_total for p in prepared]).sum().to(self.device, torch.float32)
+        global_weight = self._all_reduce(local_weight.clone()).clamp(min=torch.finfo(torch.float32).tiny)
+        names = [spec.name for spec in self.specs]
+        # [loss_sum, per-teacher sums, per-teacher weights, seconds, masked frames, output frames, flops]
+        stats = torch.zeros(1 + 2 * len(names) + 4, dtype=torch.float64)
+        for i, p in enumerate(prepared):
+            last = i == len(prepared) - 1
+            sync = contextlib.nullcontext() if (last or self.world_size == 1) else self.model.no_sync()
+            torch.manual_seed(p.seed)  # dropout
+            with sync:
+                with self._autocast():
+                    out = self.model(p.feats, p.feat_lengths, p.time_mask, p.output_mask, p.targets, p.domains)
+                loss = out.loss_sum / global_weight * self.world_size  # DDP averages: x world -> global sum
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            values = torch.stack([out.loss_sum.detach().double()]
+                                 + [out.teacher_sums[n].double() for n in names]
+                                 + [out.teacher_weights[n].double() for n in names]).cpu()  # one transfer
+            stats[: len(values)] += values
+            stats[-4] += p.seconds
+            stats[-3] += p.masked_frames
+            stats[-2] += p.output_frames
+            stats[-1] += step_flops(self.config.model, p.feat_lengths.cpu(), self.head_outputs)
+
+        lr = self.config.optim.lr * lr_factor(self.config.schedule, self.step, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), clip))
+        skipped_update = False
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
+            self.scaler.update()
+        elif math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            skipped_update = True
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None and not skipped_update:
+            self._update_ema()
+        self.step += 1
+
+        stats = self._all_reduce(stats.to(self.device)).cpu()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        total_weight = float(global_weight)
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "loss": float(stats[0]) / total_weight}
+        for j, name in enumerate(names):
+            covered = float(stats[1 + len(names) + j])
+            record[f"loss_{name}"] = float(stats[1 + j]) / covered if covered > 0 else None
+        seconds = float(stats[-4])
+        record.update({
+            "lr": lr, "grad_norm": grad_norm, "audio_seconds": seconds, "step_time": elapsed,
+            "audio_per_second": seconds / elapsed, "masked_fraction": float(stats[-3]) / max(float(stats[-2]), 1.0),
+            "frame_weight": total_weight,
+        })
+        if self.peak is not None:
+            record["mfu"] = float(stats[-1]) / elapsed / (self.peak * self.world_size)
+        if skipped_update:
+            record["skipped_update"] = True
+        return record
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.config.checkpoint.ema_decay
+        current = self.module.student.state_dict()
+        keys = list(self.ema)
+        torch._foreach_lerp_([self.ema[k] for k in keys], [current[k].float() for k in keys], 1.0 - decay)
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> TrainResult:
+        config = self.config
+        stop = _StopFlag()
+        log = RunLog(self.run_dir, tensorboard=config.logging.tensorboard and self.is_main,
+                     resume_step=self.step if self.resumed_from is not None else None) if self.is_main else None
+        if self.is_main:
+            _write_json_atomic(self.run_dir / "config.json", config_to_dict(config))
+            self._say(f"run {self.run_dir}: {self.num_params:,} parameters (student + heads), device {self.device}, "
+                      f"precision {self.precision}, compile {'on' if self.compiled else 'off'}, "
+                      f"{self.world_size} process(es), teachers {[s.name for s in self.specs]}")
+            if self.resumed_from is not None:
+                self._say(f"resumed from {self.resumed_from} at step {self.step}")
+            if log is not None and log.tensorboard_note:
+                self._say(log.tensorboard_note)
+        progress = None
+        if self.is_main and config.logging.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.max_steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+        batches = self._batches()
+        last_saved: Path | None = None
+        stopped = False
+        try:
+            while self.step < self.max_steps:
+                micro = [next(batches) for _ in range(config.optim.accum_steps)]
+                record = self.train_step(micro)
+                if log is not None:
+                    log.write(record)
+                if self.is_main:
+                    self._report(record, progress)
+                flag = torch.tensor([1.0 if stop.raised is not None else 0.0], device=self.device)
+                stopped = bool(self._all_reduce(flag, dist.ReduceOp.MAX if self.world_size > 1 else None).item() > 0)
+                if stopped or self.step % config.checkpoint.every_steps == 0 or self.step >= self.max_steps:
+                    last_saved = self.save() or last_saved
+                if stopped:
+                    if self.is_main:
+                        self._say(f"stopped by signal at step {self.step}; checkpoint {last_saved}")
+                    break
+        finally:
+            stop.restore()
+            if progress is not None:
+                progress.close()
+            if log is not None:
+                log.close()
+        if self.is_main:
+            if self.skips.count:
+                self._say(f"{self.skips.count} clip(s) skipped: see {self.skips.path}")
+            if config.logging.plot:
+                note = plot_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+                if note:
+                    self._say(note + " (pip install matplotlib)")
+        return TrainResult(self.step, stopped, last_saved, self.run_dir)
+
+    def _say(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
+
+    def _report(self, record: dict[str, Any], progress) -> None:
+        step = record["step"]
+        teacher_text = " ".join(f"{k[5:]}={v:.3f}" for k, v in record.items() if k.startswith("loss_") and v is not None)
+        mfu = f" mfu={record['mfu'] * 100:.1f}%" if "mfu" in record else ""
+        if progress is not None:
+            postfix = {k[5:]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss_") and v is not None}
+            postfix["audio_s/s"] = f"{record['audio_per_second']:.1f}"
+            if "mfu" in record:
+                postfix["mfu"] = f"{record['mfu'] * 100:.1f}%"
+            progress.set_postfix(postfix, refresh=False)
+            progress.update(1)
+        first = self.resumed_from is None and step == 1
+        if first or step % self.config.logging.log_every == 0 or step == self.max_steps:
+            prefix = (f"first step took {record['step_time']:.2f} s for {record['audio_seconds']:.1f} s of audio; "
+                      if first else "")
+            self._say(f"{prefix}step {step} loss={record['loss']:.4f} {teacher_text} lr={record['lr']:.2e} "
+                      f"grad_norm={record['grad_norm']:.3f} step_time={record['step_time']:.2f}s "
+                      f"audio_s/s={record['audio_per_second']:.1f}{mfu}")
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def init_distributed(config: TrainConfig) -> bool:
+    """Join the torchrun process group (env://) when WORLD_SIZE > 1; True when this call created it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    use_nccl = torch.cuda.is_available() and config.runtime.device != "cpu"
+    dist.init_process_group("nccl" if use_nccl else "gloo", init_method="env://")
+    return True
