@@ -8,7 +8,7 @@ import torch
 
 from spear_fast.data import ManifestEntry, TokenStore, TokenStoreMeta, TokenStoreWriter, finalize_token_store
 from spear_fast.data.batching import DurationBucketSampler
-from spear_fast.data.dataset import ALIGN_SAMPLES, IGNORE, SpearDataset, collate
+from spear_fast.data.dataset import ALIGN_SAMPLES, IGNORE, BadItem, SpearDataset, collate
 
 
 def random_durations(seed: int, count: int = 300) -> list[float]:
@@ -112,7 +112,7 @@ def test_dataset_crops_audio_and_tokens_at_aligned_starts(tmp_path, seed):
 def test_collate_pads_with_ignore_and_reports_missing_teachers(tmp_path, seed):
     entries, stores, lengths = make_corpus(tmp_path, seed)
     dataset = SpearDataset(entries, stores)
-    batch = collate([dataset[i] for i in range(3)], teachers=["speech", "audio"])
+    batch = collate([dataset[i] for i in range(3)], codebooks={"speech": 4, "audio": 2}).batch
     assert batch.waves.shape == (3, lengths["a"]) and batch.lengths.tolist() == list(lengths.values())
     assert batch.is_audio.tolist() == [False, False, True]
     assert batch.tokens["speech"].shape == (3, int(np.ceil(lengths["a"] / 320)), 4)
@@ -125,7 +125,27 @@ def test_unreadable_clip_is_skipped_and_reported(tmp_path, seed):
     entries, stores, _ = make_corpus(tmp_path, seed)
     entries[1].path = str(tmp_path / "missing.wav")
     dataset = SpearDataset(entries, stores)
-    assert dataset[1] is None
-    assert dataset.bad_items and dataset.bad_items[0][0] == "b" and "missing.wav" in dataset.bad_items[0][1]
-    batch = collate([dataset[i] for i in range(3)], teachers=["speech"])
-    assert batch.ids == ["a", "c"]
+    bad = dataset[1]
+    assert isinstance(bad, BadItem) and bad.id == "b" and "missing.wav" in bad.reason
+    collated = collate([dataset[i] for i in range(3)], codebooks={"speech": 4})
+    assert collated.batch.ids == ["a", "c"] and collated.skipped == [bad]
+
+
+def test_epoch_keys_select_the_crop_without_set_epoch(tmp_path, seed):
+    entries, stores, _ = make_corpus(tmp_path, seed)
+    dataset = SpearDataset(entries, stores, max_duration=1.5, seed=seed)
+    crops = [dataset[(epoch, 0)].wave for epoch in range(6)]
+    assert dataset.epoch == 0  # keys do not touch the dataset's own epoch (worker copies never see one)
+    for epoch, crop in enumerate(crops):
+        dataset.set_epoch(epoch)
+        assert torch.equal(dataset[0].wave, crop)
+    assert len({tuple(crop[:8].tolist()) for crop in crops}) > 1
+
+
+def test_sampler_keyed_by_epoch_yields_epoch_index_pairs(seed):
+    durations = random_durations(seed)
+    plain = DurationBucketSampler(durations, 60.0, seed=seed)
+    keyed = DurationBucketSampler(durations, 60.0, seed=seed, keyed_by_epoch=True)
+    plain.set_epoch(3)
+    keyed.set_epoch(3)
+    assert list(keyed) == [[(3, index) for index in batch] for batch in plain]

@@ -166,20 +166,19 @@ def test_rerun_into_a_used_run_dir_needs_resume(corpus, tmp_path):
 
 
 def test_collate_drops_and_reports_unusable_clips():
-    from spear_fast.data.dataset import Example
-    from spear_fast.train.data import BadItem, TrainCollate
+    from spear_fast.data.dataset import BadItem, Example, collate
 
     generator = torch.Generator().manual_seed(fresh_seed())
     short = Example(id="short", wave=torch.randn(100, generator=generator), domain="speech",
                     tokens={"speech": np.ones((1, 4), np.uint8), "audio": None})
-    collate = TrainCollate(("speech", "audio"), min_samples=3200, codebooks=(4, 2))
-    loaded = collate([short, BadItem("broken", "decoding failed")])
-    assert loaded.batch is None and [b.id for b in loaded.bad] == ["broken", "short"]
-    assert "too short after decoding: 100 samples < 3200" in loaded.bad[1].reason
+    codebooks = {"speech": 4, "audio": 2}
+    loaded = collate([short, BadItem("broken", "decoding failed")], codebooks, min_samples=3200)
+    assert loaded.batch is None and [b.id for b in loaded.skipped] == ["broken", "short"]
+    assert "too short after decoding: 100 samples < 3200" in loaded.skipped[1].reason
     good = Example(id="good", wave=torch.randn(4000, generator=generator), domain="speech",
                    tokens={"speech": np.full((12, 4), 7, np.uint8), "audio": None})
-    loaded = collate([short, good])
-    assert loaded.batch.ids == ["good"] and [b.id for b in loaded.bad] == ["short"]
+    loaded = collate([short, good], codebooks, min_samples=3200)
+    assert loaded.batch.ids == ["good"] and [b.id for b in loaded.skipped] == ["short"]
     # no clip has audio tokens: still (B, T, N_audio) of IGNORE so the objective's shape check holds
     assert loaded.batch.tokens["audio"].shape == (1, 1, 2) and (loaded.batch.tokens["audio"] == -100).all()
     assert torch.equal(loaded.batch.tokens["speech"][0], torch.full((12, 4), 7))

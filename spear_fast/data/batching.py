@@ -8,6 +8,7 @@ within buckets and then shuffles the batch order, reproducibly from (seed, epoch
 Distributed: every rank builds the same global batch list and takes batches rank, rank + world, ...
 after truncating it to a multiple of the world size, so all ranks step equally often.
 Resume: `state_dict()` records (epoch, batches already yielded); `load_state_dict` skips those.
+With keyed_by_epoch=True a batch is a list of (epoch, index) keys (see spear_fast.data.dataset).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class DurationBucketSampler(torch.utils.data.Sampler):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        keyed_by_epoch: bool = False,
     ):
         if max_seconds <= 0:
             raise ValueError(f"DurationBucketSampler: max_seconds must be > 0, got {max_seconds}")
@@ -60,6 +62,7 @@ class DurationBucketSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.keyed_by_epoch = keyed_by_epoch  # yield (epoch, index) keys (SpearDataset takes both forms)
         self.epoch = 0
         self._skip = 0  # batches of the current epoch already consumed before a resume
 
@@ -95,10 +98,12 @@ class DurationBucketSampler(torch.utils.data.Sampler):
         usable = len(batches) - len(batches) % self.world_size
         return batches[:usable]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
         mine = self.global_batches()[self.rank :: self.world_size]
         start, self._skip = self._skip, 0
-        yield from mine[start:]
+        epoch = self.epoch
+        for batch in mine[start:]:
+            yield [(epoch, index) for index in batch] if self.keyed_by_epoch else batch
 
     def __len__(self) -> int:
         return len(self.global_batches()) // self.world_size

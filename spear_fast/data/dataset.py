@@ -4,15 +4,19 @@
 start aligned to ALIGN_SAMPLES (so every teacher's token frames are cut at a frame boundary), and
 looks up the clip's tokens in each teacher's token store (None where a store has no entry: e.g. the
 audio teacher is only run on audio-domain clips). A clip that cannot be read is not fatal: the item
-comes back as None, the reason is appended to `bad_items` (per worker) and `collate` drops it.
+comes back as a BadItem(id, reason), which `collate` drops and reports.
 
-`collate` pads waves with zeros and tokens with IGNORE (-100), giving a `Batch`.
+Items are addressed by (epoch, index) (or a plain index at `dataset.epoch`): the epoch travels with
+the key, so crops change per epoch even inside persistent DataLoader workers, whose copies of the
+dataset never see a set_epoch call. DurationBucketSampler(..., keyed_by_epoch=True) yields such keys.
+
+`collate` pads waves with zeros and tokens with IGNORE (-100), giving a `Collated(batch, skipped)`.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +39,13 @@ class Example:
     wave: torch.Tensor  # (L,) float32, 16 kHz
     domain: str  # "speech" | "audio"
     tokens: dict[str, np.ndarray | None]  # teacher -> (T, N) uint8, or None when the store lacks the clip
+
+
+class BadItem(NamedTuple):
+    """A clip that could not be used, and why (for the run's skip report)."""
+
+    id: str
+    reason: str
 
 
 @dataclass
@@ -77,7 +88,6 @@ class SpearDataset(torch.utils.data.Dataset):
         self.max_duration = max_duration
         self.seed = seed
         self.epoch = 0
-        self.bad_items: list[tuple[str, str]] = []  # (id, reason), for the skip report
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -90,16 +100,16 @@ class SpearDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> Example | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> Example | BadItem:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         entry = self.entries[index]
         try:
             wave, _ = load_audio(
                 entry.path, SAMPLE_RATE, offset=entry.offset, duration=entry.segment_duration
             )
         except AudioError as error:
-            self.bad_items.append((entry.id, str(error)))
             log.warning("skipping %s: %s", entry.id, error)
-            return None
+            return BadItem(entry.id, str(error))
         tokens = {
             name: (np.asarray(store[entry.id]) if entry.id in store else None)
             for name, store in self.token_stores.items()
@@ -109,7 +119,7 @@ class SpearDataset(torch.utils.data.Dataset):
             keep = int(self.max_duration * SAMPLE_RATE) // ALIGN_SAMPLES * ALIGN_SAMPLES
             steps = (wave.numel() - keep) // ALIGN_SAMPLES
             # A per-(seed, epoch, item) generator: the crop is the same in every worker layout.
-            generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63)
+            generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
             start = int(torch.randint(0, steps + 1, (1,), generator=generator)) * ALIGN_SAMPLES
             wave = wave[start : start + keep]
             cropped = True
@@ -123,11 +133,30 @@ class SpearDataset(torch.utils.data.Dataset):
         return Example(id=entry.id, wave=wave, domain=entry.domain, tokens=tokens)
 
 
-def collate(examples: Sequence[Example | None], teachers: Sequence[str]) -> Batch | None:
-    """Pad a list of examples into a Batch (None items, i.e. unreadable clips, are dropped)."""
-    kept = [example for example in examples if example is not None]
+class Collated(NamedTuple):
+    batch: Batch | None  # None when no clip of the sampled batch was usable
+    skipped: list[BadItem]  # unreadable and too-short clips, for the skip report
+
+
+def collate(
+    items: Sequence[Example | BadItem], codebooks: Mapping[str, int], min_samples: int = 1
+) -> Collated:
+    """Pad the usable examples into a Batch; report BadItems and clips under `min_samples` samples.
+
+    codebooks: teacher name -> N; every teacher gets a (B, T, N) target tensor, all IGNORE where no
+    clip of the batch has that teacher's tokens.
+    """
+    skipped = [item for item in items if isinstance(item, BadItem)]
+    kept = []
+    for item in items:
+        if isinstance(item, BadItem):
+            continue
+        if item.wave.numel() < min_samples:
+            skipped.append(BadItem(item.id, f"too short after decoding: {item.wave.numel()} samples < {min_samples}"))
+        else:
+            kept.append(item)
     if not kept:
-        return None
+        return Collated(None, skipped)
     lengths = torch.tensor([example.wave.numel() for example in kept], dtype=torch.int64)  # (B,)
     waves = torch.zeros(len(kept), int(lengths.max()), dtype=torch.float32)  # (B, L)
     for row, example in enumerate(kept):
@@ -138,12 +167,13 @@ def collate(examples: Sequence[Example | None], teachers: Sequence[str]) -> Batc
         lengths=lengths,
         is_audio=torch.tensor([example.domain == "audio" for example in kept], dtype=torch.bool),
     )
-    for name in teachers:
+    for name, num_codebooks in codebooks.items():
         arrays = [example.tokens.get(name) for example in kept]
-        widths = {array.shape[1] for array in arrays if array is not None}
-        if len(widths) > 1:
-            raise ValueError(f"collate: teacher {name!r} tokens have different codebook counts {sorted(widths)} in one batch")
-        num_codebooks = widths.pop() if widths else 1
+        for example, array in zip(kept, arrays):
+            if array is not None and array.shape[1] != num_codebooks:
+                raise ValueError(
+                    f"collate: clip {example.id!r} has {array.shape[1]} codebooks of teacher {name!r}, expected {num_codebooks}"
+                )
         token_lengths = torch.tensor([0 if a is None else a.shape[0] for a in arrays], dtype=torch.int64)  # (B,)
         targets = torch.full((len(kept), max(int(token_lengths.max()), 1), num_codebooks), IGNORE, dtype=torch.int64)
         for row, array in enumerate(arrays):
@@ -151,4 +181,4 @@ def collate(examples: Sequence[Example | None], teachers: Sequence[str]) -> Batc
                 targets[row, : array.shape[0]] = torch.from_numpy(array.astype(np.int64))  # copy: memmaps are read-only
         batch.tokens[name] = targets  # (B, T, N)
         batch.token_lengths[name] = token_lengths
-    return batch
+    return Collated(batch, skipped)

@@ -10,18 +10,18 @@ skipped and reported; unreadable clips met during training are reported by the l
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from spear_fast.audio import SAMPLE_RATE
 from spear_fast.data.batching import DurationBucketSampler
-from spear_fast.data.dataset import IGNORE, Batch, Example, SpearDataset, collate
+from spear_fast.data.dataset import SpearDataset, collate
 from spear_fast.data.manifest import ManifestEntry
 from spear_fast.data.token_store import TokenStore, TokenStoreError
 from spear_fast.objective import TeacherSpec, rate_ratio, teacher_applies
@@ -121,89 +121,22 @@ def validate_corpus(entries: Sequence[ManifestEntry], stores: Mapping[str, Token
     return kept, skipped
 
 
-class BadItem(NamedTuple):
-    id: str
-    reason: str
-
-
-class EpochDataset(SpearDataset):
-    """SpearDataset indexed by (epoch, index): the epoch travels with every index, so crops follow the
-    epoch even inside persistent DataLoader workers (whose dataset copies never see set_epoch), and an
-    unreadable clip comes back as a BadItem (id, reason) so the main process can report it."""
-
-    def __getitem__(self, key: tuple[int, int]) -> Example | BadItem:  # type: ignore[override]
-        epoch, index = key
-        self.epoch = epoch
-        before = len(self.bad_items)
-        item = super().__getitem__(index)
-        if item is None:
-            utt_id, reason = self.bad_items[-1] if len(self.bad_items) > before else (self.entries[index].id, "unreadable")
-            return BadItem(utt_id, reason)
-        return item
-
-
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Wraps DurationBucketSampler: yields [(epoch, index), ...] batches."""
-
-    def __init__(self, sampler: DurationBucketSampler):
-        self.sampler = sampler
-
-    def __iter__(self):
-        epoch = self.sampler.epoch
-        for batch in self.sampler:
-            yield [(epoch, index) for index in batch]
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class LoadedBatch(NamedTuple):
-    batch: Batch | None  # None when no clip of the sampled batch was usable
-    bad: list[BadItem]
-
-
-@dataclass
-class TrainCollate:
-    """Drops BadItems and clips too short to train on (both reported), then pads with `collate`."""
-
-    teachers: tuple[str, ...]
-    min_samples: int
-    codebooks: tuple[int, ...]  # N per teacher, for batches where no clip has that teacher's tokens
-
-    def __call__(self, items: Sequence[Example | BadItem]) -> LoadedBatch:
-        bad = [item for item in items if isinstance(item, BadItem)]
-        good = []
-        for item in items:
-            if isinstance(item, BadItem):
-                continue
-            if item.wave.numel() < self.min_samples:
-                bad.append(BadItem(item.id, f"too short after decoding: {item.wave.numel()} samples < "
-                                            f"{self.min_samples}"))
-            else:
-                good.append(item)
-        batch = collate(good, self.teachers) if good else None
-        if batch is not None:
-            for name, count in zip(self.teachers, self.codebooks):
-                if int(batch.token_lengths[name].max()) == 0:  # collate cannot know N: (B, 1, 1) of IGNORE
-                    batch.tokens[name] = torch.full((len(batch.ids), 1, count), IGNORE, dtype=torch.int64)
-        return LoadedBatch(batch, bad)
-
-
 def build_loader(entries: Sequence[ManifestEntry], stores: Mapping[str, TokenStore], config: TrainConfig, *,
                  rank: int, world_size: int, pin_memory: bool) -> tuple[torch.utils.data.DataLoader,
                                                                          DurationBucketSampler]:
     data = config.data
-    dataset = EpochDataset(entries, stores, max_duration=data.max_duration, seed=config.runtime.seed)
+    dataset = SpearDataset(entries, stores, max_duration=data.max_duration, seed=config.runtime.seed)
     sampler = DurationBucketSampler(dataset.durations(), data.max_seconds, num_buckets=data.num_buckets,
-                                    shuffle=True, seed=config.runtime.seed, rank=rank, world_size=world_size)
+                                    shuffle=True, seed=config.runtime.seed, rank=rank, world_size=world_size,
+                                    keyed_by_epoch=True)
     if len(sampler) == 0:
         raise ValueError(f"the corpus gives no batch per process ({len(sampler.global_batches())} batches for "
                          f"{world_size} processes); lower data.max_seconds or add data")
     workers = data.num_workers
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=EpochBatchSampler(sampler),
-        collate_fn=TrainCollate(tuple(stores), int(data.min_duration * SAMPLE_RATE),
-                                tuple(store.meta.num_codebooks for store in stores.values())),
+        dataset, batch_sampler=sampler,
+        collate_fn=functools.partial(collate, codebooks={name: store.meta.num_codebooks for name, store in stores.items()},
+                                     min_samples=int(data.min_duration * SAMPLE_RATE)),
         num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
         prefetch_factor=data.prefetch_factor if workers > 0 else None,
         # a private generator: creating an iterator must not consume the global torch RNG

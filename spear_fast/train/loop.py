@@ -289,8 +289,8 @@ class Trainer:
             got_one = False
             for loaded in self.loader:
                 self.batches_done += 1
-                if loaded.bad:
-                    self.skips.add([{"id": b.id, "reason": b.reason, "step": self.step} for b in loaded.bad])
+                if loaded.skipped:
+                    self.skips.add([{"id": b.id, "reason": b.reason, "step": self.step} for b in loaded.skipped])
                 if loaded.batch is None:
                     continue
                 got_one = True
