@@ -16,11 +16,12 @@ from spear_fast.model.config import (
                                      tiny,
                                      xlarge,
 )
+from spear_fast.model.pretrained import SpearModel
 from spear_fast.model.student import SpearStudent, StudentOutput
 from spear_fast.model.subsampling import subsampled_lengths
 
 __all__ = [
-    "PRESETS", "AttentionBackendUnavailable", "EncoderConfig", "SpearStudent", "StudentConfig", "StudentOutput",
+    "PRESETS", "AttentionBackendUnavailable", "EncoderConfig", "SpearModel", "SpearStudent", "StudentConfig", "StudentOutput",
     "SubsamplingConfig", "apply_overrides", "base", "config_from_dict", "config_to_dict", "describe", "large",
     "param_count", "preset", "resolve_backend", "subsampled_lengths", "tiny", "xlarge",
 ]
