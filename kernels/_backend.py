@@ -6,9 +6,13 @@ the Triton launchers also accept CPU tensors; the tests use that to run the real
 """
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any, Callable, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 try:  # triton is optional: without it every op runs its torch twin
     import triton  # noqa: F401
@@ -50,3 +54,21 @@ def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
         found = ", ".join(f"{name} on {t.device}" for name, t in present.items())
         raise ValueError(f"{op}: tensors must share one device, found {found}")
     return next(iter(devices))
+
+
+def without_autocast(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run `fn` with autocast off on its first tensor argument's device.
+
+    The ops promise fp32 accumulation and fp32 results whatever the caller's autocast region says;
+    without this, an autocast-eligible GEMM inside a twin (torch.mm, baddbmm) would silently run in
+    bf16/fp16.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        device_type = first.device.type if first is not None else "cpu"
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper

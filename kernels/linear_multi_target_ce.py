@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kernels._backend import HAS_TRITON, prefer_triton, triton_usable
+from kernels._backend import HAS_TRITON, prefer_triton, triton_usable, without_autocast
 
 if HAS_TRITON:
     import triton
@@ -249,6 +249,7 @@ def default_chunk_rows(device: torch.device, num_classes: int) -> int:
     return max(MIN_CHUNK_ROWS, budget // (4 * max(1, num_classes)))
 
 
+@without_autocast
 def _fused_pass(
     hidden: Tensor,
     weight: Tensor,

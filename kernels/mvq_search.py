@@ -35,6 +35,7 @@ from kernels._backend import (
     prefer_triton,
     require_triton,
     triton_usable,
+    without_autocast,
 )
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -369,6 +370,7 @@ def mvq_search_triton(
 TWIN_CHUNK_ELEMENTS = 1 << 24
 
 
+@without_autocast
 def mvq_search_reference(
     frames: torch.Tensor,
     centers: torch.Tensor,

@@ -8,7 +8,9 @@ Per utterance of L valid frames, with a seeded torch.Generator:
    `min_time_spans` (2), at most the number of possible starts; starts drawn without replacement from
    [0, L - span] so spans never reach padding; spans may overlap. Expected coverage is
    about 1 - exp(-time_prob) = 48 % for time_prob 0.65. Utterances shorter than 2 * time_span use
-   span max(1, L // 4) so that two spans still leave unmasked frames.
+   span max(1, L // 4), which keeps most of a short utterance visible in most draws but does not
+   guarantee it: two non-overlapping spans can still cover e.g. 70 % of a 20-frame clip, and a
+   clip of L < 4 frames is masked entirely (training drops clips under data.min_duration).
 This module returns the boolean time mask; the student replaces those frames by its learned 128-d
 mask vector (SpearStudent.forward(..., time_mask=...)), because that vector is a student parameter.
 

@@ -376,3 +376,25 @@ def test_kernel_compiles_for_gpu_at_every_launcher_config():
     for capability, shared in compile_jobs_for_gpu("kernels.linear_multi_target_ce", jobs).items():
         assert len(shared) == len(jobs)
         assert all(0 <= s <= SHARED_MEMORY_LIMIT[capability] for s in shared), shared
+
+
+@pytest.mark.parametrize("use_triton", [False, pytest.param(True, marks=needs_triton)], ids=["twin", "triton"])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_fp32_inputs_ignore_an_enclosing_autocast_region(use_triton, reduction, seed):
+    # fp32 in -> fp32 math, whatever the caller's autocast says; zero-weight rows force the compacted
+    # (index_select) path, whose GEMMs autocast would otherwise run in bf16.
+    gen = torch.Generator().manual_seed(seed)
+    inputs = make_inputs(gen, 64, 32, 2, 16, torch.float32)
+    hidden, weight, targets, frame_weights, bias = inputs
+    frame_weights[::3] = 0.0
+
+    def loss_and_grads():
+        loss = linear_multi_target_ce(hidden, weight, targets, frame_weights, bias, reduction, use_triton=use_triton)
+        return (loss, *torch.autograd.grad(loss.sum(), (hidden, weight, bias)))
+
+    plain = loss_and_grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = loss_and_grads()
+    for got, want in zip(under_autocast, plain):
+        assert got.dtype == want.dtype
+        assert rel_err(got, want) < 1e-6

@@ -378,3 +378,15 @@ def test_aot_compile_every_config():
     for capability, shared in compile_jobs_for_gpu("kernels.mvq_search", jobs).items():
         assert len(shared) == len(jobs)
         assert all(0 <= s <= SHARED_MEMORY_LIMIT[capability] for s in shared), shared
+
+
+def test_twin_ignores_an_enclosing_autocast_region(seed):
+    # The op promises fp32 errors: a caller's bf16 autocast must not reach its GEMMs.
+    generator = torch.Generator().manual_seed(seed)
+    frames, centers, indexes = random_problem(200, 4, 256, 64, torch.float32, True, generator)
+    plain = mvq_search_reference(frames, centers, indexes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = mvq_search_reference(frames, centers, indexes)
+    assert under_autocast.errors.dtype == torch.float32
+    torch.testing.assert_close(under_autocast.errors, plain.errors, rtol=1e-6, atol=1e-5)
+    assert torch.equal(under_autocast.best, plain.best)
