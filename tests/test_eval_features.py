@@ -1,0 +1,120 @@
+"""`spear extract` / extract_features: what is stored equals the upstream run alone on each clip; pooling,
+layer selection, resuming, bad clips, settings mismatch."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from spear_fast.audio import fbank
+from spear_fast.cli import main as spear_main
+from spear_fast.data.manifest import ManifestEntry, read_manifest, write_manifest
+from spear_fast.eval.features import FeatureStore, extract_features, parse_layers
+from spear_fast.eval.upstreams import load_upstream
+
+
+def _corpus(tmp_path, seed, count=7):
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i in range(count):
+        n = int(rng.integers(1200, 9000))
+        wave = (rng.standard_normal(n) * 0.1).astype(np.float32)
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, wave, 16000, subtype="FLOAT")
+        entries.append(ManifestEntry(id=f"spk/{i}", path=str(path), duration=n / 16000, sample_rate=16000,
+                                     domain="audio", meta={"label": str(i % 2)}))
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, entries)
+    return manifest, read_manifest(manifest)
+
+
+def _tiny_student(directory, seed):
+    from spear_fast.model import (
+        EncoderConfig,
+        SpearStudent,
+        StudentConfig,
+        SubsamplingConfig,
+    )
+    from spear_fast.model.pretrained import save_pretrained
+
+    config = StudentConfig(subsampling=SubsamplingConfig(channels=16),
+                           encoder=EncoderConfig(num_layers=3, dim=16, num_heads=2, ffn_dim=32, attention="sdpa"))
+    torch.manual_seed(seed)
+    save_pretrained(SpearStudent(config).state_dict(), config, directory)
+    return directory
+
+
+def test_parse_layers():
+    assert parse_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_layers("last", 4) == [3]
+    assert parse_layers("2,0,-1", 4) == [0, 2, 3]
+    with pytest.raises(ValueError, match="outside"):
+        parse_layers("4", 4)
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_layers("first", 4)
+
+
+def test_stored_features_match_the_upstream_alone(tmp_path, seed):
+    _, entries = _corpus(tmp_path, seed)
+    upstream = load_upstream(str(_tiny_student(tmp_path / "student", seed)))
+    out = tmp_path / "feats"
+    report = extract_features(upstream, entries, out, layers="0,2", batch_seconds=1.0, shard_utterances=3,
+                              progress=False)
+    assert report.extracted == 7 and report.skipped == 0 and not report.failed
+    store = FeatureStore(out)
+    assert store.meta["layers"] == [0, 2] and store.meta["frame_rate"] == 50.0 and len(store) == 7
+    assert len(set(store.shards.values())) >= 2  # several shards were written
+    for entry in entries:
+        wave = torch.from_numpy(sf.read(entry.path, dtype="float32")[0])
+        alone = upstream.student(*fbank(wave[None]))  # the student on this clip only, no padding
+        got = store[entry.id]
+        assert got.shape == (2, alone.layers[0].shape[1], 16) and store.frames[entry.id] == got.shape[1]
+        torch.testing.assert_close(got[0], alone.layers[0][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[1], alone.layers[2][0], rtol=1e-4, atol=1e-5)
+
+    pooled = extract_features(upstream, entries, tmp_path / "pooled", layers="all", pool="mean", progress=False)
+    assert pooled.extracted == 7
+    store_all, store_mean = FeatureStore(tmp_path / "pooled"), store
+    for entry in entries:
+        mean = store_all[entry.id]  # (3, 16)
+        torch.testing.assert_close(mean[[0, 2]], store_mean[entry.id].double().mean(1).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_bad_clips_and_settings(tmp_path, seed):
+    _, entries = _corpus(tmp_path, seed)
+    upstream = load_upstream("fbank")
+    out = tmp_path / "feats"
+    first = extract_features(upstream, entries[:4], out, shard_utterances=2, progress=False)
+    assert first.extracted == 4
+    shard_times = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.safetensors")}
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    bad = ManifestEntry(id="bad", path=str(broken), duration=1.0, sample_rate=16000, domain="audio")
+    second = extract_features(upstream, entries + [bad], out, shard_utterances=2, progress=False)
+    assert second.skipped == 4 and second.extracted == 3 and list(second.failed) == ["bad"]
+    assert json.loads((out / "failed.json").read_text()).keys() == {"bad"}
+    for name, mtime in shard_times.items():  # finished shards are left alone
+        assert (out / name).stat().st_mtime_ns == mtime
+    store = FeatureStore(out)
+    assert sorted(store.ids) == sorted(e.id for e in entries)
+    for entry in entries:
+        wave = torch.from_numpy(sf.read(entry.path, dtype="float32")[0])
+        torch.testing.assert_close(store[entry.id][0], fbank(wave)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="other settings"):
+        extract_features(upstream, entries, out, pool="mean", progress=False)
+    assert not list(out.glob(".*.tmp"))  # no temp file left behind
+
+
+def test_extract_command(tmp_path, seed):
+    manifest, entries = _corpus(tmp_path, seed, count=3)
+    out = tmp_path / "cli"
+    assert spear_main(["extract", "--model", "fbank", "--manifest", str(manifest), "--layers", "last",
+                       "--out", str(out), "--pool", "mean", "--dtype", "float16"]) == 0
+    store = FeatureStore(out)
+    assert store.meta["dtype"] == "float16" and store.meta["pool"] == "mean"
+    for entry in entries:
+        wave = torch.from_numpy(sf.read(entry.path, dtype="float32")[0])
+        torch.testing.assert_close(store[entry.id][0], fbank(wave)[0].mean(0), rtol=2e-3, atol=2e-2)
+    assert spear_main(["extract", "--model", "fbank", "--manifest", str(manifest), "--layers", "last",
+                       "--out", str(out), "--pool", "mean", "--dtype", "float16"]) == 0  # a no-op rerun
