@@ -13,6 +13,10 @@ import sys
 COMMAND_MODULES: list[str] = [
     "spear_fast.mvq.commands",  # fit-mvq, mvq-eval
     "spear_fast.demo.commands",  # prepare-demo
+    "spear_fast.train.commands",  # export
+    "spear_fast.data.commands",  # manifest, verify-tokens
+    "spear_fast.pipeline.commands",  # collect-frames, tokenize
+    "spear_fast.eval.commands",  # extract, probe, probe-table, make-task
 ]
 
 

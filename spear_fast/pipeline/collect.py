@@ -1,0 +1,290 @@
+"""`spear collect-frames`: teacher frames sampled from a manifest into a FrameStore, to fit MVQ on.
+
+Which frames: the manifest's clips (after --domain) in a random order drawn from --seed, taken until
+their expected frames (min(frames_per_clip, duration x frame rate) each) reach --max-frames; from
+each clip, --frames-per-clip frames drawn at random without replacement (0 = all its frames), from a
+generator seeded by (seed, clip id), so the frames do not depend on batching, sharding or restarts.
+
+Resume: worker i of n writes its frames as small complete frame stores ("parts",
+parts/w{i}of{n}-{seq}/) and after each part rewrites its done-list collect-w{i}of{n}.json atomically
+(parts committed, clip ids done, finished flag). A restart deletes parts not in the done-list (an
+interrupted write), skips the clips it lists, and a finished worker returns at once. When every worker
+has finished, the parts are merged into the frame store in --out (index.json written last) and deleted.
+Unusable clips are listed in skipped-w{i}of{n}.jsonl (merged into skipped.jsonl); an interrupted
+worker retries them on restart, a finished one does not.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spear_fast.audio import MIN_SAMPLES
+from spear_fast.data.manifest import ManifestEntry, read_manifest
+
+from .clips import (
+    DEFAULT_MAX_DURATION,
+    SAMPLE_RATE,
+    Skip,
+    Throughput,
+    duration_batches,
+    exclusive_lock,
+    load_batch,
+    read_json,
+    run_teacher,
+    select_domain,
+    shard_entries,
+    worker_tag,
+    write_json_atomic,
+)
+from .report import SkipReport, merge_reports
+
+PARTS_DIR = "parts"
+REPORT_NAME = "skipped.jsonl"
+MERGE_BATCH = 65536  # frames per read while merging parts
+
+
+@dataclass
+class CollectConfig:
+    manifest: Path
+    teacher: str  # teacher spec (spear_fast.teachers.load_teacher)
+    out: Path  # frame store directory (spear_fast.mvq.FrameStore)
+    max_frames: int = 200_000  # about this many frames in all (fewer when clips are skipped)
+    frames_per_clip: int = 100  # random frames per clip; 0 = every frame of the chosen clips
+    domain: str = "all"  # speech | audio | all
+    seed: int = 0
+    batch_seconds: float = 60.0  # padded audio per teacher call
+    worker: tuple[int, int] = (0, 1)
+    max_duration: float | None = DEFAULT_MAX_DURATION
+    device: str = "cpu"
+    part_frames: int = 50_000  # commit a part after this many frames...
+    part_seconds: float = 300.0  # ...or this much wall time, whichever comes first
+    finalize: bool = True  # merge the parts once every worker has finished
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.manifest, self.out = Path(self.manifest), Path(self.out)
+        if self.max_frames < 1:
+            raise ValueError(f"collect-frames: max_frames must be >= 1, got {self.max_frames}")
+        if self.frames_per_clip < 0:
+            raise ValueError(f"collect-frames: frames_per_clip must be >= 0 (0 = all), got {self.frames_per_clip}")
+        if self.part_frames < 1 or not self.part_seconds > 0:
+            raise ValueError(f"collect-frames: part_frames and part_seconds must be positive, got "
+                             f"{self.part_frames}, {self.part_seconds}")
+
+
+@dataclass
+class CollectSummary:
+    worker: str
+    clips: int = 0  # clips chosen for this worker
+    already_done: int = 0
+    collected_clips: int = 0  # clips sampled by this run
+    frames: int = 0  # frames written by this run
+    skipped: int = 0
+    audio_seconds: float = 0.0
+    teacher_seconds: float = 0.0
+    load_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    finalized: bool = False
+
+    def describe(self) -> str:
+        speed = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        return (f"{self.worker}: {self.frames} frames from {self.collected_clips} clips ({self.audio_seconds / 3600:.3f} h), "
+                f"{self.already_done} clips already done, {self.skipped} skipped; teacher {self.teacher_seconds:.1f} s, "
+                f"decode {self.load_seconds:.1f} s, wall {self.wall_seconds:.1f} s ({speed:.1f} audio-h/h)")
+
+
+def choose_clips(entries: list[ManifestEntry], frame_rate: float, max_frames: int, frames_per_clip: int,
+                 seed: int) -> list[ManifestEntry]:
+    """A seeded random subset whose expected frames reach max_frames (all clips if they do not)."""
+    order = np.random.default_rng(seed).permutation(len(entries))
+    chosen, expected = [], 0
+    for index in order.tolist():
+        if expected >= max_frames:
+            break
+        entry = entries[index]
+        frames = math.ceil(entry.effective_duration * frame_rate)
+        expected += min(frames, frames_per_clip) if frames_per_clip else frames
+        chosen.append(entry)
+    return chosen
+
+
+def sample_rows(utt_id: str, num_frames: int, frames_per_clip: int, seed: int) -> torch.Tensor:
+    """Sorted frame indexes drawn for one clip: (min(k, T),) int64, from a generator seeded by
+    (seed, crc32 of the id)."""
+    if frames_per_clip == 0 or num_frames <= frames_per_clip:
+        return torch.arange(num_frames)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(utt_id.encode()))
+    return torch.randperm(num_frames, generator=generator)[:frames_per_clip].sort().values
+
+
+def _done_path(out: Path, worker: tuple[int, int]) -> Path:
+    return out / f"collect-{worker_tag(worker)}.json"
+
+
+def _selection_hash(entries: list[ManifestEntry], config: CollectConfig) -> str:
+    digest = hashlib.sha256(f"{config.teacher}\t{config.frames_per_clip}\t{config.seed}\n".encode())
+    for e in entries:
+        digest.update(f"{e.id}\t{e.path}\t{e.offset}\t{e.segment_duration}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def collect_frames(config: CollectConfig) -> CollectSummary:
+    """Run (or finish) worker config.worker's part of the collection; merge when all are done."""
+    from spear_fast.mvq.frame_store import FLOAT16_MAX, INDEX_FILE, FrameStoreWriter
+    from spear_fast.teachers import load_teacher
+
+    started = time.perf_counter()
+    tag = worker_tag(config.worker)
+    out = config.out
+    done_path = _done_path(out, config.worker)
+    state = read_json(done_path) if done_path.is_file() else None
+    if (out / INDEX_FILE).is_file():
+        if state is None:
+            raise ValueError(f"collect-frames: {out} already holds a frame store that this worker ({tag}) did not "
+                             f"write; choose another --out")
+        print(f"collect-frames: {out} is complete already")
+        summary = CollectSummary(**state["summary"])
+        summary.finalized = True
+        return summary
+
+    teacher = load_teacher(config.teacher, device=config.device)
+    entries = select_domain(read_manifest(config.manifest), config.domain)
+    chosen = choose_clips(entries, teacher.frame_rate, config.max_frames, config.frames_per_clip, config.seed)
+    mine = shard_entries(chosen, config.worker)
+    selection = _selection_hash(mine, config)
+    if state is not None and (state["selection"] != selection or state["dim"] != teacher.dim):
+        raise ValueError(f"collect-frames: {done_path} was written for other settings (manifest, teacher, seed, "
+                         f"frames per clip or shard); choose another --out or delete it")
+    if state is None:
+        state = {"selection": selection, "dim": teacher.dim, "teacher": teacher.name, "parts": [], "done": [],
+                 "finished": False, "summary": asdict(CollectSummary(worker=tag))}
+    summary = CollectSummary(worker=tag, clips=len(mine))
+    parts_dir = out / PARTS_DIR
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    for part in parts_dir.glob(f"{tag}-*"):  # interrupted part writes
+        if part.name not in state["parts"]:
+            shutil.rmtree(part)
+    report = SkipReport(out / f"skipped-{tag}.jsonl")
+    done = set(state["done"])
+    todo = [e for e in mine if e.id not in done]
+    summary.already_done = len(mine) - len(todo)
+    if state["finished"]:  # skipped clips are not retried once a worker has finished
+        print(f"collect-frames {tag}: already finished ({done_path})")
+        summary = CollectSummary(**state["summary"])
+        summary.finalized = _maybe_merge(config) if config.finalize else False
+        return summary
+
+    pending: list[torch.Tensor] = []
+    pending_ids: list[str] = []
+    pending_frames = 0
+    last_commit = time.perf_counter()
+
+    def commit() -> None:
+        nonlocal pending, pending_ids, pending_frames, last_commit
+        if pending_ids:
+            name = f"{tag}-{len(state['parts']):06d}"
+            if pending_frames:
+                writer = FrameStoreWriter(parts_dir / name, teacher.dim)
+                for frames in pending:
+                    writer.add(frames)
+                writer.close()
+                state["parts"].append(name)
+            state["done"] = sorted(done)
+            write_json_atomic(done_path, state)
+        pending, pending_ids, pending_frames = [], [], 0
+        last_commit = time.perf_counter()
+
+    min_samples = max(MIN_SAMPLES, int(getattr(teacher, "min_samples", 1)))
+    bar = Throughput(sum(e.effective_duration for e in todo), f"collect {tag}", config.progress)
+    for batch in duration_batches(todo, config.batch_seconds):
+        clock = time.perf_counter()
+        loaded, skips = load_batch(batch, config.max_duration, min_samples)
+        summary.load_seconds += time.perf_counter() - clock
+        results, teacher_skips, seconds = run_teacher(teacher, loaded) if loaded else ([], [], 0.0)
+        summary.teacher_seconds += seconds
+        skips += teacher_skips
+        samples = {entry.id: wave.numel() for entry, wave in loaded}
+        for entry, frames in results:  # frames (T, D)
+            rows = sample_rows(entry.id, frames.shape[0], config.frames_per_clip, config.seed)
+            picked = frames[rows.to(frames.device)].float().cpu()  # (k, D)
+            if picked.shape[0] == 0 or not bool(torch.isfinite(picked).all()) or bool((picked.abs() > FLOAT16_MAX).any()):
+                skips.append(Skip(entry.id, entry.path, "the teacher gave no frame, or NaN/Inf/float16-overflowing frames"))
+                continue
+            pending.append(picked)
+            pending_ids.append(entry.id)
+            pending_frames += picked.shape[0]
+            done.add(entry.id)
+            summary.collected_clips += 1
+            summary.frames += picked.shape[0]
+            summary.audio_seconds += samples[entry.id] / SAMPLE_RATE
+        report.forget(e.id for e, _ in results)
+        report.add(skips)
+        bar.update(sum(e.effective_duration for e in batch), frames=summary.frames)
+        if pending_frames >= config.part_frames or time.perf_counter() - last_commit > config.part_seconds:
+            commit()
+    commit()
+    bar.close()
+    summary.skipped = len(report)
+    summary.wall_seconds = time.perf_counter() - started
+    state["finished"] = True
+    state["summary"] = asdict(summary)
+    write_json_atomic(done_path, state)
+    print(summary.describe())
+    if config.finalize:
+        summary.finalized = _maybe_merge(config)
+    return summary
+
+
+def _maybe_merge(config: CollectConfig) -> bool:
+    count = config.worker[1]
+    states = [_done_path(config.out, (i, count)) for i in range(count)]
+    unfinished = [p.name for p in states if not p.is_file() or not read_json(p)["finished"]]
+    if unfinished:
+        print(f"collect-frames: {len(unfinished)} of {count} workers not finished ({', '.join(unfinished[:5])}); "
+              f"the last one to finish merges the frame store (or run with --finalize)")
+        return False
+    return merge_parts(config.out, count)
+
+
+def merge_parts(out: Path, count: int) -> bool:
+    """Merge every worker's committed parts into the frame store at `out` (worker order, then part
+    order), then delete the parts. False when another process is merging."""
+    from spear_fast.mvq.frame_store import INDEX_FILE, FrameStore, FrameStoreWriter
+
+    out = Path(out)
+    paths = [_done_path(out, (i, count)) for i in range(count)]
+    missing = [p.name for p in paths if not p.is_file() or not read_json(p)["finished"]]
+    if missing:
+        raise ValueError(f"collect-frames --finalize {out}: workers not finished: {missing}")
+    with exclusive_lock(out / ".finalize.lock") as mine:
+        if not mine:
+            print(f"collect-frames: another process is merging {out}")
+            return False
+        if (out / INDEX_FILE).is_file():
+            return True
+        states = [read_json(p) for p in paths]
+        dims = {s["dim"] for s in states}
+        if len(dims) != 1:
+            raise ValueError(f"collect-frames: workers of {out} saw different frame dims {sorted(dims)}")
+        parts = [out / PARTS_DIR / name for s in states for name in s["parts"]]
+        if not parts:
+            raise ValueError(f"collect-frames: no frames were collected in {out} (every clip skipped? see its "
+                             f"skipped-*.jsonl)")
+        writer = FrameStoreWriter(out, dims.pop())
+        for part in parts:
+            for frames in FrameStore(part).iter_batches(MERGE_BATCH):
+                writer.add(frames)
+        store = writer.close()  # index.json last: the store is complete from here on
+        shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+        merged = merge_reports(out.glob("skipped-w*.jsonl"), out / REPORT_NAME)
+        print(f"frame store {out}: {len(store)} frames of dim {store.dim}; {merged} clip(s) skipped "
+              f"(see {out / REPORT_NAME})")
+        return True

@@ -1,0 +1,263 @@
+"""`spear tokenize`: teacher -> MVQ quantiser -> token store, over a manifest, resumable and sharded.
+
+Worker i of n (`--shard i/n`, or torchrun's RANK/WORLD_SIZE) takes every n-th clip of the manifest
+(after the --domain filter), groups its clips by duration into padding-aware batches of at most
+--batch-seconds of padded audio, runs the teacher, encodes every valid frame with the quantiser and
+appends the tokens to the store through TokenStoreWriter (worker-named shards, written atomically).
+
+Restart: ids already in a complete shard (any worker's) are not processed again; a worker whose
+marker `workers/w{i}of{n}.json` says it finished the same clip list with the same teacher and
+quantiser returns at once. Unusable clips go to `skipped-w{i}of{n}.jsonl` (id, path, reason) and are
+tried again on the next run. When all n markers exist, the worker that sees it (under a file lock)
+runs `finalize_token_store` and merges the skip reports into `skipped.jsonl`; `--finalize` does the
+same by hand. Timings (audio decoding, teacher, MVQ, writing) are printed at the end, kept in the
+worker's marker and summed over workers in summary.json at finalize.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from spear_fast.audio import MIN_SAMPLES
+from spear_fast.data.manifest import ManifestEntry, read_manifest
+from spear_fast.data.token_store import (
+    DEFAULT_SHARD_FRAMES,
+    TokenStore,
+    TokenStoreMeta,
+    TokenStoreWriter,
+    finalize_token_store,
+)
+
+from .clips import (
+    DEFAULT_MAX_DURATION,
+    SAMPLE_RATE,
+    Skip,
+    Throughput,
+    duration_batches,
+    exclusive_lock,
+    load_batch,
+    read_json,
+    run_teacher,
+    select_domain,
+    shard_entries,
+    worker_tag,
+    write_json_atomic,
+)
+from .report import SkipReport, merge_reports
+
+MARKER_DIR = "workers"
+REPORT_NAME = "skipped.jsonl"
+SUMMARY_NAME = "summary.json"  # written at finalize: timings (teacher vs MVQ ...) of every worker and totals
+
+
+@dataclass
+class TokenizeConfig:
+    manifest: Path  # JSON-lines manifest
+    teacher: str  # teacher spec (spear_fast.teachers.load_teacher)
+    quantizer: Path  # .safetensors written by fit-mvq / Quantizer.save
+    out: Path  # token store directory
+    domain: str = "all"  # speech | audio | all: which manifest clips to tokenise
+    worker: tuple[int, int] = (0, 1)  # (i, n): this process is worker i of n
+    batch_seconds: float = 60.0  # padded audio per teacher call (longest clip x clips)
+    max_duration: float | None = DEFAULT_MAX_DURATION  # longer clips are skipped with a reason
+    device: str = "cpu"
+    shard_frames: int = DEFAULT_SHARD_FRAMES  # token frames per shard file
+    flush_seconds: float = 600.0  # also close a shard after this much wall time (bounds the work a crash loses)
+    refine_iters: int = 5  # MVQ refine passes (SPEAR / multi-quantization default)
+    finalize: bool = True  # finalize the store once every worker's marker exists
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.manifest, self.quantizer, self.out = Path(self.manifest), Path(self.quantizer), Path(self.out)
+        if not self.batch_seconds > 0:
+            raise ValueError(f"tokenize: batch_seconds must be > 0, got {self.batch_seconds}")
+        if self.max_duration is not None and not self.max_duration > 0:
+            raise ValueError(f"tokenize: max_duration must be > 0 or None, got {self.max_duration}")
+        if not self.flush_seconds > 0:
+            raise ValueError(f"tokenize: flush_seconds must be > 0, got {self.flush_seconds}")
+
+
+@dataclass
+class TokenizeSummary:
+    worker: str
+    clips: int = 0  # clips of this worker's list
+    already_done: int = 0  # stored before this run
+    tokenized: int = 0  # stored by this run
+    skipped: int = 0
+    audio_seconds: float = 0.0  # audio tokenised by this run
+    frames: int = 0
+    load_seconds: float = 0.0  # decoding + resampling
+    teacher_seconds: float = 0.0
+    mvq_seconds: float = 0.0
+    write_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    finalized: bool = False
+    skipped_ids: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        speed = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        return (f"{self.worker}: {self.tokenized} clips tokenised ({self.audio_seconds / 3600:.3f} h, {self.frames} frames), "
+                f"{self.already_done} already done, {self.skipped} skipped; teacher {self.teacher_seconds:.1f} s vs "
+                f"MVQ {self.mvq_seconds:.1f} s (decode {self.load_seconds:.1f} s, write {self.write_seconds:.1f} s, "
+                f"wall {self.wall_seconds:.1f} s, {speed:.1f} audio-h/h)")
+
+
+def teacher_store_name(teacher) -> tuple[str, int | None]:
+    """(teacher field, layer field) of the token store meta: an integer layer goes in `layer`, a named
+    one (CREPE's "conv5") into the name, so two layers of one teacher never share a store."""
+    layer = getattr(teacher, "layer", None)
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        return teacher.name, layer
+    if layer in (None, "last"):
+        return teacher.name, None
+    return f"{teacher.name}@{layer}", None
+
+
+def selection_hash(entries: list[ManifestEntry]) -> str:
+    """Identifies a worker's clip list (ids, files, segments)."""
+    digest = hashlib.sha256()
+    for e in entries:
+        digest.update(f"{e.id}\t{e.path}\t{e.offset}\t{e.segment_duration}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _marker_path(out: Path, worker: tuple[int, int]) -> Path:
+    return out / MARKER_DIR / f"{worker_tag(worker)}.json"
+
+
+def _report_path(out: Path, worker: tuple[int, int]) -> Path:
+    return out / f"skipped-{worker_tag(worker)}.jsonl"
+
+
+def tokenize(config: TokenizeConfig) -> TokenizeSummary:
+    """Run (or finish) worker config.worker's part; finalize when every worker is done."""
+    from spear_fast.mvq.quantizer import Quantizer
+    from spear_fast.teachers import load_teacher
+
+    started = time.perf_counter()
+    tag = worker_tag(config.worker)
+    entries = shard_entries(select_domain(read_manifest(config.manifest), config.domain), config.worker)
+    summary = TokenizeSummary(worker=tag, clips=len(entries))
+    quantizer = Quantizer.load(config.quantizer, device=config.device)
+    selection = selection_hash(entries)
+    marker_path = _marker_path(config.out, config.worker)
+    if marker_path.is_file():
+        marker = read_json(marker_path)
+        if (marker.get("selection") == selection and marker.get("quantizer_hash") == quantizer.fingerprint()
+                and marker.get("teacher_spec") == str(config.teacher)):
+            summary = TokenizeSummary(**{**marker["summary"], "already_done": marker["summary"]["clips"],
+                                         "tokenized": 0, "finalized": False})
+            print(f"tokenize {tag}: already finished ({marker_path}); nothing to do")
+            summary.finalized = _maybe_finalize(config) if config.finalize else False
+            return summary
+
+    teacher = load_teacher(config.teacher, device=config.device)
+    if teacher.dim != quantizer.dim:
+        raise ValueError(f"tokenize: teacher {teacher.name} gives {teacher.dim}-d frames but quantizer "
+                         f"{config.quantizer} expects dim {quantizer.dim}")
+    name, layer = teacher_store_name(teacher)
+    meta = TokenStoreMeta(teacher=name, layer=layer, frame_rate=float(teacher.frame_rate),
+                          num_codebooks=quantizer.num_codebooks, quantizer_hash=quantizer.fingerprint(),
+                          codebook_size=quantizer.codebook_size)
+    report = SkipReport(_report_path(config.out, config.worker))
+    min_samples = max(MIN_SAMPLES, int(getattr(teacher, "min_samples", 1)))
+    with TokenStoreWriter(config.out, meta, config.shard_frames, worker=config.worker) as writer:
+        todo = [e for e in entries if e.id not in writer]
+        summary.already_done = len(entries) - len(todo)
+        report.forget(e.id for e in entries if e.id in writer)
+        bar = Throughput(sum(e.effective_duration for e in todo), f"tokenize {tag}", config.progress)
+        last_flush = time.perf_counter()
+        for batch in duration_batches(todo, config.batch_seconds):
+            clock = time.perf_counter()
+            loaded, skips = load_batch(batch, config.max_duration, min_samples)
+            summary.load_seconds += time.perf_counter() - clock
+            results, teacher_skips, seconds = run_teacher(teacher, loaded) if loaded else ([], [], 0.0)
+            summary.teacher_seconds += seconds
+            skips += teacher_skips
+            results, empty = [(e, f) for e, f in results if f.shape[0]], [(e, f) for e, f in results if not f.shape[0]]
+            skips += [Skip(e.id, e.path, "the teacher gave no frame for this clip") for e, _ in empty]
+            if results:
+                clock = time.perf_counter()
+                frames = torch.cat([f for _, f in results])  # (sum T_i, D)
+                tokens = quantizer.encode(frames, config.refine_iters).cpu()  # (sum T_i, N) uint8
+                summary.mvq_seconds += time.perf_counter() - clock
+                clock = time.perf_counter()
+                samples = {entry.id: wave.numel() for entry, wave in loaded}
+                for (entry, _), part in zip(results, tokens.split([f.shape[0] for _, f in results])):
+                    writer.add(entry.id, part.numpy())
+                    summary.frames += part.shape[0]
+                    summary.audio_seconds += samples[entry.id] / SAMPLE_RATE
+                if time.perf_counter() - last_flush > config.flush_seconds:
+                    writer.flush()
+                    last_flush = time.perf_counter()
+                summary.write_seconds += time.perf_counter() - clock
+            summary.tokenized += len(results)
+            report.forget(e.id for e, _ in results)
+            report.add(skips)
+            bar.update(sum(e.effective_duration for e in batch), skipped=len(report))
+        bar.close()
+        clock = time.perf_counter()
+    summary.write_seconds += time.perf_counter() - clock  # the last shard, written on close
+    summary.skipped = len(report)
+    summary.skipped_ids = [r.id for r in report.records]
+    summary.wall_seconds = time.perf_counter() - started
+    write_json_atomic(marker_path, {"selection": selection, "quantizer_hash": quantizer.fingerprint(),
+                                    "teacher_spec": str(config.teacher), "summary": asdict(summary)})
+    print(summary.describe())
+    if config.finalize:
+        summary.finalized = _maybe_finalize(config)
+    return summary
+
+
+def _maybe_finalize(config: TokenizeConfig) -> bool:
+    """Finalize when all n workers' markers exist and the store is not final yet (or is older than a
+    marker). Returns True when the store is final after the call."""
+    count = config.worker[1]
+    markers = [_marker_path(config.out, (i, count)) for i in range(count)]
+    if not all(m.is_file() for m in markers):
+        missing = [m.name for m in markers if not m.is_file()]
+        print(f"tokenize: {len(missing)} of {count} workers not finished ({', '.join(missing[:5])}); "
+              f"the last one to finish finalizes the store (or run with --finalize)")
+        return False
+    return finalize_tokens(config.out, count)
+
+
+def finalize_tokens(out: Path, count: int | None = None) -> bool:
+    """Index the store and merge the skip reports (under a lock; another process finalizing -> False)."""
+    out = Path(out)
+    if count is not None:
+        missing = [i for i in range(count) if not _marker_path(out, (i, count)).is_file()]
+        if missing:
+            raise ValueError(f"finalize {out}: workers {missing} of {count} have not finished (no marker in {out / MARKER_DIR})")
+    meta_path = out / "meta.json"
+    with exclusive_lock(out / ".finalize.lock") as mine:
+        if not mine:
+            print(f"tokenize: another process is finalizing {out}")
+            return False
+        markers = list((out / MARKER_DIR).glob("*.json"))
+        newest = max((m.stat().st_mtime for m in markers), default=0.0)
+        if meta_path.is_file() and meta_path.stat().st_mtime >= newest:
+            return True  # final already, and no worker ran since
+        store = finalize_token_store(out)
+        merged = merge_reports(out.glob("skipped-w*.jsonl"), out / REPORT_NAME)
+        workers = {m.stem: read_json(m)["summary"] for m in sorted(markers)}
+        totals = {key: round(sum(w[key] for w in workers.values()), 3)
+                  for key in ("audio_seconds", "load_seconds", "teacher_seconds", "mvq_seconds", "write_seconds")}
+        write_json_atomic(out / SUMMARY_NAME, {"utterances": len(store), "skipped": merged, "totals": totals,
+                                               "workers": workers})
+        print(f"finalized {out}: {len(store)} utterances, teacher {store.meta.teacher}, "
+              f"{store.meta.num_codebooks} codebooks; {merged} clip(s) skipped (see {out / REPORT_NAME})")
+        return True
+
+
+def is_final(out: Path) -> bool:
+    """True when `out` is a finalized token store."""
+    try:
+        TokenStore(out)
+    except ValueError:
+        return False
+    return True
