@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from spear_fast.atomic import atomic_open
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,11 +61,9 @@ def run_manifest(args: argparse.Namespace) -> int:
     except ManifestError as error:
         raise SystemExit(f"spear manifest: {error}") from error
     report = Path(f"{args.out}.skipped.jsonl")
-    fd, temp = tempfile.mkstemp(prefix=f".{report.name}.", suffix=".tmp", dir=report.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+    with atomic_open(report, "w", encoding="utf-8") as stream:
         for path, reason in skipped:
             stream.write(json.dumps({"path": path, "reason": reason}) + "\n")
-    os.replace(temp, report)
     hours = sum(e.effective_duration for e in entries) / 3600
     print(f"{args.out}: {count} entries, {hours:.2f} h; {len(skipped)} skipped (reasons in {report})")
     return 0

@@ -14,13 +14,14 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from spear_fast.atomic import atomic_open
 
 DOMAINS = ("speech", "audio")
 # File types manifest_from_dir picks up by default: those libsndfile decodes (spear_fast.audio.load_audio).
@@ -159,27 +160,20 @@ def write_manifest(
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.absolute()
     seen: set[str] = set()
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            for index, entry in enumerate(entries):
-                if not isinstance(entry, ManifestEntry):
-                    raise ManifestError(f"{path}: entry {index} is a {type(entry).__name__}, not a ManifestEntry")
-                entry.validate(f"{path} entry {index}")
-                if entry.id in seen:
-                    raise ManifestError(f"{path} entry {index}: duplicate id {entry.id!r}")
-                seen.add(entry.id)
-                record = entry.to_dict()
-                if relative_paths:
-                    record["path"] = os.path.relpath(os.path.abspath(entry.path), base)
-                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as stream:
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, ManifestEntry):
+                raise ManifestError(f"{path}: entry {index} is a {type(entry).__name__}, not a ManifestEntry")
+            entry.validate(f"{path} entry {index}")
+            if entry.id in seen:
+                raise ManifestError(f"{path} entry {index}: duplicate id {entry.id!r}")
+            seen.add(entry.id)
+            record = entry.to_dict()
+            if relative_paths:
+                record["path"] = os.path.relpath(os.path.abspath(entry.path), base)
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

@@ -29,13 +29,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from spear_fast.atomic import atomic_open
 
 FORMAT_NAME = "spear-fast token store"
 FORMAT_VERSION = 1
@@ -106,17 +107,8 @@ def _sha256(path: Path) -> str:
 
 def _atomic_write(path: Path, write) -> None:
     """Call write(binary_stream) on a temp file beside `path`, fsync, then os.replace onto `path`."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_open(path, "wb") as stream:
+        write(stream)
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+
+from spear_fast.atomic import atomic_open, atomic_write_json
 
 INDEX_FILE = "index.json"
 SHARD_FRAMES = 1 << 18  # frames per shard: 256 Ki frames, 512 MiB at D=1024 in float16
@@ -27,31 +28,9 @@ FLOAT16_MAX = 65504.0
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array)
 
-
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class FrameStoreWriter:
@@ -106,7 +85,7 @@ class FrameStoreWriter:
         if not self._closed:
             if self._pending_frames:
                 self._flush(self._pending_frames)
-            _atomic_write_json(self.directory / INDEX_FILE, {"dim": self.dim, "shards": self._shards})
+            atomic_write_json(self.directory / INDEX_FILE, {"dim": self.dim, "shards": self._shards})
             self._closed = True
         return FrameStore(self.directory)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from .encode import DEFAULT_CHUNK_BYTES, GramCache, compute_indexes
+
+from spear_fast.atomic import atomic_open
 
 SCALE_SPEED = 10.0  # the reference's `scale_speed`: the log-scales are multiplied by this before exp()
 NORM_EPS = 1e-5  # added to the per-dimension std once, when the statistics are computed
@@ -78,18 +79,8 @@ def check_frames(x: Tensor, dim: int, what: str = "frames") -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
 
 
 class Quantizer(nn.Module):

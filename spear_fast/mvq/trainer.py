@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from tqdm import tqdm
 from .frame_store import FrameStore
 from .metrics import evaluate
 from .quantizer import Quantizer, QuantizerConfig, is_power_of_two
+
+from spear_fast.atomic import atomic_open
 
 PHASE1_CODEBOOK_SIZE = 16  # phase 1 codebooks; merged pairs give 16 * 16 = 256
 ENTROPY_SCALE = 0.01  # weight of the logits entropy loss (the reference's entropy_scale)
@@ -166,17 +167,8 @@ class QuantizerTrainer:
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as stream:
+            torch.save(self.state_dict(), stream)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> "QuantizerTrainer":

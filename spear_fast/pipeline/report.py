@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .clips import Skip
+
+from spear_fast.atomic import atomic_open
 
 
 def read_report(path: Path) -> list[Skip]:
@@ -35,19 +36,9 @@ def read_report(path: Path) -> list[Skip]:
 
 
 def _write(path: Path, records: Iterable[Skip]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            for record in records:
-                stream.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as stream:
+        for record in records:
+            stream.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
 
 
 class SkipReport:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from spear_fast.atomic import atomic_open
 
 FORMAT = "spear-fast train checkpoint v1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -47,17 +48,8 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep_last: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(run_dir, step)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            torch.save({"format": FORMAT, **state}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as stream:
+        torch.save({"format": FORMAT, **state}, stream)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink()
     return path
