@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from spear_fast.atomic import atomic_open
+from spear_fast.atomic import atomic_open, atomic_write_json
 
 FORMAT_NAME = "spear-fast token store"
 FORMAT_VERSION = 1
@@ -109,10 +109,6 @@ def _atomic_write(path: Path, write) -> None:
     """Call write(binary_stream) on a temp file beside `path`, fsync, then os.replace onto `path`."""
     with atomic_open(path, "wb") as stream:
         write(stream)
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    _atomic_write(path, lambda stream: stream.write((json.dumps(record, indent=1) + "\n").encode()))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -287,7 +283,7 @@ class TokenStoreWriter:
             "sha256": _sha256(npy_path),
             "meta": self.meta.to_dict(),
         }
-        _write_json(self.shard_dir / f"{name}.json", record)  # last: marks the shard complete
+        atomic_write_json(self.shard_dir / f"{name}.json", record)  # last: marks the shard complete
         self._next_seq += 1
         self._buffer, self._buffer_ids, self._buffer_frames = [], [], 0
         self.shards_written.append(name)
@@ -367,7 +363,7 @@ def finalize_token_store(directory: str | os.PathLike, *, verify: bool = True) -
             {"name": s.name, "frames": s.frames, "utterances": len(s.ids), "sha256": s.sha256} for s in shards
         ],
     }
-    _write_json(directory / "meta.json", record)
+    atomic_write_json(directory / "meta.json", record)
     return TokenStore(directory)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from spear_fast.atomic import atomic_write_json
 from spear_fast.data.manifest import ManifestEntry
 
 FORMAT = "spear-fast features v1"
@@ -55,12 +56,6 @@ def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
             raise ValueError(f"layer {item} is outside the upstream's {num_layers} layers")
         out.append(index)
     return sorted(set(out))
-
-
-def _write_json_atomic(path: Path, record) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class FeatureStore:
@@ -154,7 +149,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
             raise ValueError(f"{meta_path}: the store was written with other settings {diff} (found, asked); "
                              f"use another --out or delete it")
     else:
-        _write_json_atomic(meta_path, meta)
+        atomic_write_json(meta_path, meta)
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"shards": {}, "frames": {}}
     todo = [e for e in entries if e.id not in index["shards"]]
     skipped = len(entries) - len(todo)
@@ -176,7 +171,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
         os.replace(tmp, out_dir / name)
         index["shards"].update({k: name for k in pending})
         index["frames"].update(pending_frames)
-        _write_json_atomic(index_path, index)
+        atomic_write_json(index_path, index)
         shard_number += 1
         pending.clear()
         pending_frames.clear()
@@ -217,7 +212,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
     bar.close()
     failed_path = out_dir / "failed.json"
     if failed:
-        _write_json_atomic(failed_path, failed)
+        atomic_write_json(failed_path, failed)
         print(f"extract: skipped {len(failed)} unreadable clip(s), listed in {failed_path}; e.g. "
               f"{next(iter(failed.items()))}")
     elif failed_path.exists():

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from spear_fast.atomic import atomic_write_json
 from spear_fast.audio import AudioError, load_audio
 from spear_fast.data.manifest import DOMAINS, ManifestEntry
 
@@ -164,10 +163,6 @@ def run_teacher(
         results += good
         skipped += bad
     return results, skipped, time.perf_counter() - started
-
-
-def write_json_atomic(path: Path, record: Any) -> None:
-    atomic_write_json(path, record)
 
 
 def read_json(path: Path) -> Any:

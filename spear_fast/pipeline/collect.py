@@ -42,8 +42,9 @@ from .clips import (
     select_domain,
     shard_entries,
     worker_tag,
-    write_json_atomic,
 )
+from spear_fast.atomic import atomic_write_json
+
 from .report import SkipReport, merge_reports
 
 PARTS_DIR = "parts"
@@ -198,7 +199,7 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
                 writer.close()
                 state["parts"].append(name)
             state["done"] = sorted(done)
-            write_json_atomic(done_path, state)
+            atomic_write_json(done_path, state)
         pending, pending_ids, pending_frames = [], [], 0
         last_commit = time.perf_counter()
 
@@ -236,7 +237,7 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
     summary.wall_seconds = time.perf_counter() - started
     state["finished"] = True
     state["summary"] = asdict(summary)
-    write_json_atomic(done_path, state)
+    atomic_write_json(done_path, state)
     print(summary.describe())
     if config.finalize:
         summary.finalized = _maybe_merge(config)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from spear_fast.data.manifest import read_manifest, write_manifest
 
-from .clips import write_json_atomic
+from spear_fast.atomic import atomic_write_json
 
 DEMO_SPEECH_TEACHER = "whisper-demo?context=clip"  # the demo's speech teacher spec (see the module docstring)
 DEMO_AUDIO_TEACHER = "crepe-demo?model=tiny"  # the demo's audio teacher spec
@@ -121,7 +121,7 @@ def prepare_demo_data(work_dir: Path, *, tiny: bool = False, seed: int = 0,
     timed("manifest", _write_trainable_manifest, corpus_manifest, token_dirs, config, manifest_path)
     times["total"] = round(sum(times.values()), 2)
     record = {"config": _config_record(config), "stage_seconds": times}
-    write_json_atomic(work_dir / "demo_data.json", record)
+    atomic_write_json(work_dir / "demo_data.json", record)
     return DemoData(manifest_path=manifest_path, token_dirs=token_dirs, quantizers=quantizers,
                     probes_dir=corpus_dir / "probes", teachers={k: p.spec for k, p in config.teachers.items()},
                     stage_seconds=times)

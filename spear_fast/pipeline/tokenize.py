@@ -45,8 +45,9 @@ from .clips import (
     select_domain,
     shard_entries,
     worker_tag,
-    write_json_atomic,
 )
+from spear_fast.atomic import atomic_write_json
+
 from .report import SkipReport, merge_reports
 
 MARKER_DIR = "workers"
@@ -205,7 +206,7 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     summary.skipped = len(report)
     summary.skipped_ids = [r.id for r in report.records]
     summary.wall_seconds = time.perf_counter() - started
-    write_json_atomic(marker_path, {"selection": selection, "quantizer_hash": quantizer.fingerprint(),
+    atomic_write_json(marker_path, {"selection": selection, "quantizer_hash": quantizer.fingerprint(),
                                     "teacher_spec": str(config.teacher), "summary": asdict(summary)})
     print(summary.describe())
     if config.finalize:
@@ -247,7 +248,7 @@ def finalize_tokens(out: Path, count: int | None = None) -> bool:
         workers = {m.stem: read_json(m)["summary"] for m in sorted(markers)}
         totals = {key: round(sum(w[key] for w in workers.values()), 3)
                   for key in ("audio_seconds", "load_seconds", "teacher_seconds", "mvq_seconds", "write_seconds")}
-        write_json_atomic(out / SUMMARY_NAME, {"utterances": len(store), "skipped": merged, "totals": totals,
+        atomic_write_json(out / SUMMARY_NAME, {"utterances": len(store), "skipped": merged, "totals": totals,
                                                "workers": workers})
         print(f"finalized {out}: {len(store)} utterances, teacher {store.meta.teacher}, "
               f"{store.meta.num_codebooks} codebooks; {merged} clip(s) skipped (see {out / REPORT_NAME})")

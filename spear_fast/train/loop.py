@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -34,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spear_fast.atomic import atomic_write_json
 from spear_fast.audio import fbank
 from spear_fast.data.dataset import Batch
 from spear_fast.data.manifest import ManifestEntry
@@ -415,7 +415,7 @@ class Trainer:
         log = RunLog(self.run_dir, tensorboard=config.logging.tensorboard and self.is_main,
                      resume_step=self.step if self.resumed_from is not None else None) if self.is_main else None
         if self.is_main:
-            _write_json_atomic(self.run_dir / "config.json", config_to_dict(config))
+            atomic_write_json(self.run_dir / "config.json", config_to_dict(config))
             self._say(f"run {self.run_dir}: {self.num_params:,} parameters (student + heads), device {self.device}, "
                       f"precision {self.precision}, compile {'on' if self.compiled else 'off'}, "
                       f"{self.world_size} process(es), teachers {[s.name for s in self.specs]}")
@@ -486,12 +486,6 @@ class Trainer:
             self._say(f"{prefix}step {step} loss={record['loss']:.4f} {teacher_text} lr={record['lr']:.2e} "
                       f"grad_norm={record['grad_norm']:.3f} step_time={record['step_time']:.2f}s "
                       f"audio_s/s={record['audio_per_second']:.1f}{mfu}")
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def init_distributed(config: TrainConfig) -> bool:
