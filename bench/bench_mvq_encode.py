@@ -2,7 +2,9 @@
 Quantizer.encode), same weights, same frames: B=2000, D=1024, N=16, K=256, R=5 refine passes.
 
 The reference takes minutes per call on a CPU, so each contender runs 1 measured round (after one
-warm-up call for ours, which also builds and caches the Gram matrix, as any encode job would)."""
+warm-up call for ours, which also builds and caches the Gram matrix, as any encode job would). The
+reference's round also records the per-(frame, codebook) index agreement of the two token sets
+(extra_info["index_agreement"]) and fails below the acceptance bound of 99.5 %."""
 import pytest
 import torch
 from multi_quantization.quantization import Quantizer as RefQuantizer
@@ -18,6 +20,11 @@ def weights_and_frames():
     ref = RefQuantizer(DIM, CODEBOOK_SIZE, NUM_CODEBOOKS)
     frames = torch.randn(NUM_FRAMES, DIM)
     return ref, frames
+
+
+@pytest.fixture(scope="module")
+def tokens_by_contender() -> dict:
+    return {}
 
 
 def _run(benchmark, peak_memory, machine, fn):
@@ -37,16 +44,17 @@ def _run(benchmark, peak_memory, machine, fn):
     return out["tokens"]
 
 
-def test_encode_ours(benchmark, peak_memory, machine, weights_and_frames):
+def test_encode_ours(benchmark, peak_memory, machine, weights_and_frames, tokens_by_contender):
     ref, frames = weights_and_frames
     ours = Quantizer.from_multi_quantization(ref)
     fn = lambda: ours.encode(frames, REFINE)  # noqa: E731
     fn()  # warm-up: first-call overheads and the cached Gram matrix (64 MiB)
     tokens = _run(benchmark, peak_memory, machine, fn)
     assert tokens.shape == (NUM_FRAMES, NUM_CODEBOOKS)
+    tokens_by_contender["ours"] = tokens
 
 
-def test_encode_reference(benchmark, peak_memory, machine, weights_and_frames):
+def test_encode_reference(benchmark, peak_memory, machine, weights_and_frames, tokens_by_contender):
     ref, frames = weights_and_frames
 
     def fn():
@@ -55,3 +63,7 @@ def test_encode_reference(benchmark, peak_memory, machine, weights_and_frames):
 
     tokens = _run(benchmark, peak_memory, machine, fn)
     assert tokens.shape == (NUM_FRAMES, NUM_CODEBOOKS)
+    if "ours" in tokens_by_contender:
+        agreement = (tokens_by_contender["ours"] == tokens).double().mean().item()
+        benchmark.extra_info["index_agreement"] = agreement
+        assert agreement >= 0.995, f"index agreement with the reference {agreement:.5f}"

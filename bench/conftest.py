@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
-import platform
 from typing import Callable
 
 import pytest
 import torch
 
+from spear_fast.machine import machine_name
+
 
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
 
 
 def _read_status_kib(field: str) -> int:

@@ -4,7 +4,8 @@ import torch
 from multi_quantization.quantization import Quantizer as RefQuantizer
 
 from spear_fast.mvq import Quantizer
-from spear_fast.mvq.encode import cut_for
+from spear_fast.mvq import encode as mvq_encode
+from spear_fast.mvq.encode import _cross_from_gram, _smallest, compute_indexes, cut_for
 
 
 def relative_error(x: torch.Tensor, recon: torch.Tensor) -> float:
@@ -151,3 +152,78 @@ def test_bad_input_raises(seed):
         q.decode(torch.full((2, 2), 16))
     with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
         q.decode(torch.zeros(2, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("gram_max_group,explicit_frames", [(0, 1), (1, 8), (2, 3), (4, 8), (16, 8)])
+def test_hybrid_cross_terms_all_agree_with_reference(seed, monkeypatch, gram_max_group, explicit_frames):
+    # Gram look-ups for every merge (16), explicit d and GEMMs for every merge (0), and the splits
+    # in between, with sub-chunks of the explicit levels that do and do not divide B.
+    monkeypatch.setattr(mvq_encode, "GRAM_MAX_GROUP", gram_max_group)
+    monkeypatch.setattr(mvq_encode, "EXPLICIT_FRAMES", explicit_frames)
+    gen = torch.Generator().manual_seed(seed)
+    data = make_frames("structured", 1000, 64, gen)
+    ref = make_reference(16, 256, 64, False, data, seed)
+    ours = Quantizer.from_multi_quantization(ref)
+    x = data[torch.randint(0, 1000, (50,), generator=gen)] + 0.05 * torch.randn(50, 64, generator=gen)
+    with torch.no_grad():
+        expected = ref.encode(x, 2, as_bytes=False)
+        err_ref = relative_error(x, ref.decode(expected))
+    tokens = ours.encode(x, 2).long()
+    agreement = (tokens == expected).double().mean().item()
+    with torch.no_grad():
+        err_ours = relative_error(x, ref.decode(tokens))
+    assert agreement >= 0.995, f"index agreement {agreement:.4f}"
+    assert abs(err_ours - err_ref) <= 1e-3 * err_ref
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 4])
+def test_cross_from_gram_matches_float64_change_vectors(seed, group_size):
+    gen = torch.Generator().manual_seed(seed)
+    num_codebooks, codebook_size, dim, num_frames, kept = 8, 16, 24, 5, 7
+    centers = torch.randn(num_codebooks, codebook_size, dim, generator=gen)  # (N, K, D)
+    flat = centers.reshape(-1, dim)  # (N*K, D)
+    groups = num_codebooks // group_size
+    books = (torch.arange(num_codebooks) * codebook_size).view(groups, group_size)  # (G, L) first rows
+    current = torch.randint(0, codebook_size, (num_frames, groups, group_size), generator=gen) + books
+    leaves = torch.randint(0, codebook_size, (num_frames, groups, kept, group_size), generator=gen) + books[:, None]
+    cross = _cross_from_gram(flat.reshape(-1, dim).matmul(flat.t()).reshape(-1), leaves, current, flat.shape[0])
+    flat64 = flat.double()
+    deltas = flat64[leaves].sum(dim=-2) - flat64[current].sum(dim=-2)[:, :, None]  # (b, G, c, D)
+    expected = deltas[:, 0::2] @ deltas[:, 1::2].transpose(-1, -2)  # (b, G/2, c, c)
+    assert cross.shape == expected.shape
+    scale = flat64.square().sum(-1).max() * group_size * group_size  # size of the Gram entries summed
+    assert (cross.double() - expected).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("cut", [1, 5, 16, 40])
+def test_smallest_is_the_stable_sort_prefix_even_with_ties(seed, cut):
+    gen = torch.Generator().manual_seed(seed)
+    continuous = torch.randn(3, 4, 40, generator=gen)
+    tied = torch.randint(0, 6, (3, 4, 40), generator=gen).float()  # many exact ties, also at the cut
+    for values in (continuous, tied):
+        top, order = _smallest(values, cut)
+        for row, (v, o) in enumerate(zip(values.reshape(-1, 40).tolist(), order.reshape(-1, cut).tolist())):
+            expected = sorted(range(40), key=lambda i: (v[i], i))[:cut]  # (value, position) order
+            assert o == expected, f"row {row}"
+        assert torch.equal(top, values.gather(-1, order))
+
+
+def test_worker_threads_give_the_same_tokens_and_restore_the_thread_count(seed, monkeypatch):
+    gen = torch.Generator().manual_seed(seed)
+    q = Quantizer(40, 8, 256)
+    x = torch.randn(37, 40, generator=gen)
+    centers, gram = q.get_centers().detach(), q.gram()
+    threads = torch.get_num_threads()
+    with torch.no_grad():
+        serial = compute_indexes(x, centers, gram, q.logits, 2, workers=1)
+        threaded = compute_indexes(x, centers, gram, q.logits, 2, chunk_bytes=1 << 20, workers=3)
+    assert torch.equal(serial, threaded)
+    assert torch.get_num_threads() == threads
+
+    def broken(*args):
+        raise RuntimeError("worker failed")
+
+    monkeypatch.setattr(mvq_encode, "refine_indexes", broken)
+    with pytest.raises(RuntimeError, match="worker failed"):
+        compute_indexes(x, centers, gram, q.logits, 1, workers=2)
+    assert torch.get_num_threads() == threads

@@ -16,6 +16,7 @@ from spear_fast.model.student import SpearStudent
 from spear_fast.train import checkpoint as ckpt
 from spear_fast.train.config import train_config
 from spear_fast.train.main import main, run
+from spear_fast.train.metrics import read_log
 from spear_fast.train.schedule import lr_factor
 from spear_fast.train.synthetic import (
     TEST_OVERRIDES,
@@ -198,9 +199,15 @@ def test_unreadable_clip_is_skipped_and_reported(tmp_path):
 
 
 def test_fp16_uses_a_grad_scaler_that_is_checkpointed(corpus, tmp_path):
-    result = run(train_argv(corpus, tmp_path / "run", "--max-steps", "2", overrides=["runtime.precision=fp16"]))
+    result = run(train_argv(corpus, tmp_path / "run", "--max-steps", "3", overrides=["runtime.precision=fp16"]))
     state = ckpt.load_checkpoint(result.checkpoint)
-    assert state["scaler"]["scale"] > 0 and state["scaler"]["_growth_tracker"] == 2  # two finite steps
+    # The scaler's state follows the steps: each overflowing step (inf/nan gradient norm, skipped) halves
+    # the scale from torch's initial 2**16, and the growth tracker counts the finite steps since the last.
+    finite = [math.isfinite(r["grad_norm"]) for r in read_log(tmp_path / "run" / "log.jsonl")]
+    assert len(finite) == 3
+    assert state["scaler"]["scale"] == 2.0**16 * 0.5 ** finite.count(False)
+    trailing = len(finite) - (max(i for i, ok in enumerate(finite) if not ok) + 1 if False in finite else 0)
+    assert state["scaler"]["_growth_tracker"] == trailing
     fp32 = ckpt.load_checkpoint(run(train_argv(corpus, tmp_path / "fp32", "--max-steps", "1")).checkpoint)
     assert fp32["scaler"] is None
 

@@ -306,25 +306,34 @@ def run_probes(model: str, task_dirs: list[str | os.PathLike], out: str | os.Pat
 
 
 def _write_results(path: Path, results: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    from spear_fast.atomic import atomic_write_json
+
+    atomic_write_json(path, results, indent=2)
 
 
-def format_table(results: list[dict], metric: str = "accuracy") -> str:
-    """A plain-text table of several run_probes results: one row per model, one column per task (test
-    `metric` in %), then the mean over the tasks every model has."""
+def format_table(results: list[dict], metric: str = "accuracy", domains: dict[str, str] | None = None) -> str:
+    """A plain-text table of several run_probes results: one row per model (its "label", else its
+    "model"), one column per task (test `metric` in %), then, when `domains` maps tasks to domains,
+    the mean over each domain's tasks, then the mean over all the tasks every model has."""
     if not results:
         raise ValueError("format_table: no results given")
     tasks = sorted(set.intersection(*(set(r["tasks"]) for r in results)))
     if not tasks:
         raise ValueError("format_table: the results share no task")
-    name_width = max(len("model"), *(len(r["model"]) for r in results))
-    widths = [max(len(t), 6) for t in tasks]
-    lines = ["  ".join([f"{'model':<{name_width}}", *(f"{t:>{w}}" for t, w in zip(tasks, widths, strict=True)),
-                        f"{'mean':>6}"])]
-    for record in results:
-        scores = [100 * record["tasks"][t]["test"][metric] for t in tasks]
-        cells = [f"{s:>{w}.1f}" for s, w in zip(scores, widths, strict=True)]
-        lines.append("  ".join([f"{record['model']:<{name_width}}", *cells, f"{sum(scores) / len(scores):>6.1f}"]))
+    groups = {}
+    for task in tasks:
+        if domains is not None:
+            groups.setdefault(domains[task], []).append(task)
+    names = [r.get("label", r["model"]) for r in results]
+    name_width = max(len("model"), *(len(n) for n in names))
+    columns = tasks + [f"{d} mean" for d in groups] + ["mean"]
+    widths = [max(len(c), 6) for c in columns]
+    lines = ["  ".join([f"{'model':<{name_width}}", *(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))])]
+    for name, record in zip(names, results, strict=True):
+        score = {t: 100 * record["tasks"][t]["test"][metric] for t in tasks}
+        values = [score[t] for t in tasks]
+        values += [sum(score[t] for t in members) / len(members) for members in groups.values()]
+        values.append(sum(score.values()) / len(score))
+        cells = [f"{v:>{w}.1f}" for v, w in zip(values, widths, strict=True)]
+        lines.append("  ".join([f"{name:<{name_width}}", *cells]))
     return "\n".join(lines)

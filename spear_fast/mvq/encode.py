@@ -1,45 +1,58 @@
 """MVQ encode: the first guess (argmax of the logits) and the refine pass (hierarchical beam search).
 
 The refine pass makes the reference's decisions (`multi_quantization.Quantizer._refine_indexes`,
-0.1.1): the same swap-error table S (op 1, `kernels.mvq_search`, which also returns the first prune's
-top-cut list), the same cut schedule (base 8 if K <= 16 else 16, doubled each time the group size L
-reaches 4, 16, 64, ..., capped at 128), prune when a group has more than `cut` candidates or one
-group is left, merge groups (2g, 2g+1) with the even group's candidate as the major index, the same
-joint error (S_a + S_b) - ||e||^2 + 2<d_a, d_b>, and the argmin at the end.
+0.1.1): the same swap-error table S (op 1, `kernels.mvq_search`), the same cut schedule (base 8 if
+K <= 16 else 16, doubled each time the group size L reaches 4, 16, 64, ..., capped at 128), prune
+when a group has more than `cut` candidates or one group is left, merge groups (2g, 2g+1) with the
+even group's candidate as the major index, the same joint error (S_a + S_b) - ||e||^2 + 2<d_a, d_b>,
+and the first minimum at the end. Prunes keep the `cut` smallest in (error, position) order, which
+is what the reference's sort gives (torch's CPU sort is stable); they use top-(cut+1) selection
+instead of a full sort, and redo with the stable sort only the rows where two of those cut+1 errors
+are equal (float32 ties are not rare among 1024 joint errors, so this matters).
 
-What differs is how <d_a, d_b> is obtained. The reference builds the change vectors d as
-(B, groups, cut, D) tensors and multiplies them (~2 GB at B=2000, D=1024, N=16). Here, with
-u_n(k) = C[n, k] - C[n, z_n] and d_a = sum_{n in a} u_n(k_n):
+What differs is how the cross term <d_a, d_b> is obtained, d_a = sum_{n in a} C[n, k_n] - C[n, z_n]
+being the change of group a's reconstruction. A hybrid, chosen per merge by the group size L:
+  - L <= GRAM_MAX_GROUP (the first two merges): Gram look-ups. With G = C C^T, the (N*K, N*K) Gram
+    matrix of all centres (cached by the quantiser),
+        <d_a, d_b> = sum_{n in a, m in b} G(k_n, k_m) - G(k_n, z_m) - G(z_n, k_m) + G(z_n, z_m),
+    i.e. L^2 look-ups per candidate pair (1 or 4) instead of D multiply-adds;
+  - larger L (groups of 4 and 8 codebooks for N=16, cut 32, where an entry would need 16-64
+    look-ups): explicit change vectors d (b, G, cut, D), built once with one embedding_bag (sum of
+    the survivors' centres minus the group's current ones) and then, like the reference's
+    gather_deltas, from the children's d (an embedding_bag of two rows per survivor); the sibling
+    cross terms come from one batched GEMM, what a CPU does fastest.
+Each survivor carries the centre rows n*K + k of its L codebooks, so the final choice needs no
+back-tracking. The reference holds (B, groups, cut, D) tensors for all frames at once (~2 GB at
+B=2000, D=1024, N=16); here frames go in chunks bounded by `chunk_bytes` (see `chunk_frames`), and
+the explicit levels in sub-chunks of EXPLICIT_FRAMES frames whose d tensors stay a few MiB, so
+working memory does not grow with B and large fresh allocations (page faults) are avoided.
 
-    <d_a, d_b> = R_ab - rho_a - rho_b + Z_ab,   R_ab = sum_{n in a, m in b} G(k_n, k_m),
-    rho_a = sum_{n in a, m in b} G(k_n, z_m),   Z_ab = sum_{n in a, m in b} G(z_n, z_m),
-
-with G = C C^T, the (N*K, N*K) Gram matrix of all centres (64 MiB for N=16, K=256), computed once
-per set of weights and cached by the quantiser. Only table look-ups remain:
-  - rho: per candidate, the vector G(k_n, z_m) over all m (B, groups, cut, N), summed over the
-    group's codebooks as groups merge (a gather of the survivors' two children per level);
-  - R: a "pair table" (P, B, cut, cut) over all pairs of groups of a level. Level 0 needs only the
-    sibling blocks (for the first merge); level 1 is read from G directly (4 look-ups per entry);
-    level l+1 is the sum of the 2x2 child-pair blocks of level l at the survivors' children
-    (4 look-ups per entry). Pairs, not the dense all-groups square: ~60 k look-ups per frame per
-    refine pass for N=16, K=256, versus ~6 M multiply-adds plus ~0.3 M-float delta tensors per
-    frame in the reference.
-The choice is followed by back-pointers (each level's survivor order) instead of carrying every
-candidate's codebook indexes. Frames go through in chunks bounded by `chunk_bytes` (see
-`chunk_frames`), so working memory does not grow with B.
+On CPU, chunks are refined on `torch.get_num_threads()` Python threads, each with single-threaded
+torch ops (`_run_in_threads`): the beam search is many small ops, for which intra-op parallelism
+mostly adds synchronisation. Chunking and threads never change the tokens (frames are independent).
 """
 from __future__ import annotations
 
-import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from kernels._backend import without_autocast
 from kernels.mvq_search import mvq_search
 
-DEFAULT_CHUNK_BYTES = 128 << 20  # bound on one chunk's working tensors (see chunk_frames)
+DEFAULT_CHUNK_BYTES = 128 << 20  # bound on the working tensors of all chunks in flight (see chunk_frames)
 MAX_CUT = 128  # the reference caps the beam at 128
+# Merges of groups of up to this many codebooks get <d_a, d_b> from Gram look-ups (L^2 per
+# candidate pair); larger groups use explicit change vectors and a batched GEMM (D multiply-adds
+# per pair). Measured on CPU, one thread (D=1024, N=16, K=256, B=200): 2 beat 1 (by ~25 %) and 4 (~8 %).
+GRAM_MAX_GROUP = 2
+# Frames per sub-chunk of the explicit-d merges: their d tensors (~0.5 MiB per frame at D=1024, N=16)
+# stay a few MiB, reuse freed memory instead of page-faulting fresh allocations, and mostly stay in
+# cache. Measured as above: 8 beat 4, 16 and 32 (by 10-20 %).
+EXPLICIT_FRAMES = 8
 
 
 def cut_for(group_size: int, codebook_size: int) -> int:
@@ -76,171 +89,174 @@ class GramCache:
         self._key, self._gram = None, None
 
 
+def _schedule(num_codebooks: int, codebook_size: int) -> list[tuple[int, int, int]]:
+    """(groups, group size L, candidates kept per group) before each merge of the refine pass."""
+    steps = []
+    groups, size = num_codebooks, 1
+    kept = min(codebook_size, cut_for(1, codebook_size))
+    while groups > 1:
+        steps.append((groups, size, kept))
+        groups, size = groups // 2, 2 * size
+        kept = min(kept * kept, cut_for(size, codebook_size))
+    return steps
+
+
 def chunk_frames(num_codebooks: int, codebook_size: int, dim: int, chunk_bytes: int) -> int:
     """Frames per chunk so that one chunk's tensors stay near `chunk_bytes` (a rough upper bound)."""
-    first = min(codebook_size, cut_for(1, codebook_size))
-    half = num_codebooks // 2
-    per_frame = (
-        16 * num_codebooks * codebook_size  # op 1: S (fp32) and its sort (fp32 values + int64 order)
-        + 8 * num_codebooks * dim  # op 1: per-codebook targets and current centres
-        + 8 * num_codebooks * num_codebooks * first  # z-terms G(k, z_m)
-        + 16 * half * half * first * first  # level-1 pair table and its four parts
-    )
-    return max(1, chunk_bytes // per_frame)
+    search = 16 * num_codebooks * codebook_size + 12 * num_codebooks * dim  # op 1: S and its targets; top-k
+    merges, explicit = 0, 0
+    for groups, size, kept in _schedule(num_codebooks, codebook_size):
+        merged = (groups // 2) * kept * kept  # joint errors of one frame
+        if size <= GRAM_MAX_GROUP:  # int64 look-up positions and fp32 values (L^2 each), joint + top-k
+            merges = max(merges, 12 * size * size * merged + 24 * merged)
+        else:  # sub-chunks of EXPLICIT_FRAMES frames: this level's d and the next one's
+            explicit = max(explicit, EXPLICIT_FRAMES * (6 * dim * groups * kept + 24 * merged))
+    return max(1, (chunk_bytes - explicit) // (search + merges))
 
 
-@functools.lru_cache(maxsize=64)
-def _group_pairs(groups: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """All pairs (g, h), g < h, of `groups` groups, in lexicographic order: two (P,) int64 tensors."""
-    first, second = torch.triu_indices(groups, groups, offset=1, device=device)
-    return first, second
+def _smallest(values: Tensor, cut: int) -> tuple[Tensor, Tensor]:
+    """The `cut` smallest entries of each row of values (..., M) in (value, position) order, as a
+    stable sort would give them: (values (..., cut), positions (..., cut) int64)."""
+    size = values.shape[-1]
+    if cut >= size:
+        return torch.sort(values, dim=-1, stable=True)
+    top, order = torch.topk(values, min(cut + 1, size), dim=-1, largest=False, sorted=True)  # (..., cut+1)
+    ties = (top[..., 1:] == top[..., :-1]).any(dim=-1)  # (...,) order or boundary not unique
+    if bool(ties.any()):
+        rows = ties.nonzero(as_tuple=True)
+        exact_values, exact_order = torch.sort(values[rows], dim=-1, stable=True)  # (R, M)
+        top[rows], order[rows] = exact_values[:, : top.shape[-1]], exact_order[:, : top.shape[-1]]
+    return top[..., :cut], order[..., :cut]
 
 
-@functools.lru_cache(maxsize=64)
-def _pair_ids(groups: int, device: torch.device) -> Tensor:
-    """(G, G) int64: position of pair (g, h), g < h, in `_group_pairs` order (-1 elsewhere)."""
-    first, second = _group_pairs(groups, device)
-    ids = torch.full((groups, groups), -1, dtype=torch.int64, device=device)
-    ids[first, second] = torch.arange(first.numel(), device=device)
-    return ids
+def _cross_from_gram(gram_flat: Tensor, leaf_rows: Tensor, current_rows: Tensor, stride: int) -> Tensor:
+    """<d_a, d_b> for sibling groups a = 2h, b = 2h+1 from Gram look-ups.
+
+    gram_flat (M*M,) the flattened Gram matrix (M = N*K = stride); leaf_rows (b, G, c, L) the centre
+    rows n*K + k of each candidate's L codebooks; current_rows (b, G, L) those of the current indexes.
+    Returns (b, G/2, c, c) fp32."""
+    num_frames, groups, kept, size = leaf_rows.shape
+    rows_a, rows_b = leaf_rows[:, 0::2], leaf_rows[:, 1::2]  # (b, H, c, L)
+    cur_a, cur_b = current_rows[:, 0::2], current_rows[:, 1::2]  # (b, H, L)
+
+    def look_up(first: Tensor, second: Tensor) -> Tensor:
+        flat = first * stride + second  # broadcast shape
+        return gram_flat.index_select(0, flat.reshape(-1)).view(flat.shape)
+
+    # sum_{n in a, m in b} G(k_n, k_m): (b, H, c, c, L, L) look-ups summed over the leaf pairs.
+    raw = look_up(rows_a[:, :, :, None, :, None], rows_b[:, :, None, :, None, :])  # (b, H, c, c, L, L)
+    raw = raw.sum(dim=(-1, -2)) if size > 1 else raw.view(num_frames, groups // 2, kept, kept)
+    to_b = look_up(rows_a[..., :, None], cur_b[:, :, None, None, :]).sum(dim=(-1, -2))  # (b, H, c) G(k_n, z_m)
+    to_a = look_up(rows_b[..., :, None], cur_a[:, :, None, None, :]).sum(dim=(-1, -2))  # (b, H, c) G(k_m, z_n)
+    both = look_up(cur_a[..., :, None], cur_b[..., None, :]).sum(dim=(-1, -2))  # (b, H) G(z_n, z_m)
+    return raw.sub_(to_b[..., :, None]).sub_(to_a[..., None, :]).add_(both[..., None, None])
 
 
-def _pair_table_from_gram(codes: Tensor, gram4: Tensor) -> Tensor:
-    """codes (B, G, c, 2): the two leaf indexes of each candidate of each group of 2 codebooks.
-    Returns (P, B, c, c): for every pair of groups g < h, sum over the 2x2 leaf pairs of G(k, k')."""
-    groups = codes.shape[1]
-    first, second = _group_pairs(groups, codes.device)  # (P,)
-    table = None
-    for a in (0, 1):
-        rows = codes[:, first, :, a].permute(1, 0, 2).unsqueeze(-1)  # (P, B, c, 1)
-        row_books = (2 * first + a)[:, None, None, None]  # (P, 1, 1, 1)
-        for b in (0, 1):
-            cols = codes[:, second, :, b].permute(1, 0, 2).unsqueeze(-2)  # (P, B, 1, c)
-            col_books = (2 * second + b)[:, None, None, None]
-            part = gram4[row_books, rows, col_books, cols]  # (P, B, c, c)
-            table = part if table is None else table.add_(part)
-    return table
+def _search(
+    values: Tensor, leaf_rows: Tensor, current_rows: Tensor, err_sq: Tensor, flat_centers: Tensor, gram_flat: Tensor,
+    codebook_size: int,
+) -> Tensor:
+    """The merges and prunes of one refine pass, from the level described by the arguments to the end.
+
+    values (b, G, c) errors of each group's candidates (S_a); leaf_rows (b, G, c, L) their centre rows;
+    current_rows (b, N) rows n*K + z_n; err_sq (b, 1, 1, 1) ||e||^2. Returns (b, N) chosen centre rows."""
+    num_frames, groups, kept, size = leaf_rows.shape
+    stride, dim = flat_centers.shape  # N*K rows of D
+    device = values.device
+    deltas = None  # (b, G, c, D) explicit change vectors, once groups are larger than GRAM_MAX_GROUP
+    while True:
+        half = groups // 2
+        # Explicit d from the first merge of groups larger than GRAM_MAX_GROUP on: built from the
+        # centres here, then from the children's d after each prune (two rows per survivor).
+        if deltas is None and size > GRAM_MAX_GROUP:
+            if num_frames > EXPLICIT_FRAMES:  # the rest in sub-chunks whose d tensors stay cache-sized
+                return torch.cat([
+                    _search(values[s : s + EXPLICIT_FRAMES], leaf_rows[s : s + EXPLICIT_FRAMES],
+                            current_rows[s : s + EXPLICIT_FRAMES], err_sq[s : s + EXPLICIT_FRAMES],
+                            flat_centers, gram_flat, codebook_size)
+                    for s in range(0, num_frames, EXPLICIT_FRAMES)
+                ])
+            current_sum = F.embedding_bag(current_rows.view(-1, size), flat_centers, mode="sum")  # (b*G, D)
+            deltas = F.embedding_bag(leaf_rows.reshape(-1, size), flat_centers, mode="sum").view(
+                num_frames, groups, kept, dim
+            ).sub_(current_sum.view(num_frames, groups, 1, dim))  # (b, G, c, D)
+        if size <= GRAM_MAX_GROUP:
+            cross = _cross_from_gram(gram_flat, leaf_rows, current_rows.view(num_frames, groups, size), stride)
+        else:
+            cross = torch.matmul(deltas[:, 0::2], deltas[:, 1::2].transpose(-1, -2))  # (b, H, c, c)
+        # Joint error (S_a + S_b) - ||e||^2 + 2 <d_a, d_b>, even candidate major: (b, H, c*c).
+        joint = cross.mul_(2).add_(values[:, 0::2, :, None]).add_(values[:, 1::2, None, :]).sub_(err_sq)
+        joint = joint.view(num_frames, half, kept * kept)
+        groups, size = half, 2 * size
+
+        if groups == 1:  # prune to the single best (the first minimum, as a stable sort's first entry)
+            best = joint.argmin(dim=-1)  # (b, 1) merged index
+            return torch.cat(
+                (leaf_rows[:, 0].gather(1, (best // kept)[..., None].expand(-1, -1, size // 2)),
+                 leaf_rows[:, 1].gather(1, (best % kept)[..., None].expand(-1, -1, size // 2))),
+                dim=-1,
+            )[:, 0]  # (b, N)
+
+        cut = cut_for(size, codebook_size)
+        if kept * kept > cut:
+            values, order = _smallest(joint, cut)  # (b, H, cut)
+        else:
+            values, order = joint, torch.arange(kept * kept, device=device).expand_as(joint)
+        left, right = order // kept, order % kept  # (b, H, cut) positions in the children's lists
+        leaf_rows = torch.cat(
+            (leaf_rows[:, 0::2].gather(2, left[..., None].expand(-1, -1, -1, size // 2)),
+             leaf_rows[:, 1::2].gather(2, right[..., None].expand(-1, -1, -1, size // 2))),
+            dim=-1,
+        )  # (b, H, cut, L)
+        if deltas is not None:  # the survivors' d = d_even[left] + d_odd[right] (rows of the flat d)
+            base = (torch.arange(num_frames, device=device)[:, None, None] * (2 * half)
+                    + 2 * torch.arange(half, device=device)[:, None]) * kept  # (b, H, 1) row of d_even[0]
+            pairs = torch.stack((base + left, base + kept + right), dim=-1)  # (b, H, cut, 2)
+            deltas = F.embedding_bag(pairs.view(-1, 2), deltas.view(-1, dim), mode="sum").view(
+                num_frames, half, -1, dim
+            )  # (b, H, cut, D)
+        kept = leaf_rows.shape[2]
 
 
-def _pair_table_from_children(table: Tensor, left: Tensor, right: Tensor, child_groups: int) -> Tensor:
-    """Next level's pair table from this level's. table (P_old, B, c_old, c_old) over pairs of the
-    `child_groups` child groups; left/right (B, G, c): the surviving candidates' child positions in
-    groups 2g and 2g+1. Returns (P, B, c, c) over pairs of the G = child_groups // 2 new groups."""
-    device = table.device
-    old_ids = _pair_ids(child_groups, device)
-    first, second = _group_pairs(child_groups // 2, device)  # (P,)
-    children = (left, right)
-    out = None
-    for a in (0, 1):
-        rows = children[a][:, first].permute(1, 0, 2).unsqueeze(-1)  # (P, B, c, 1)
-        for b in (0, 1):
-            cols = children[b][:, second].permute(1, 0, 2).unsqueeze(-2)  # (P, B, 1, c)
-            pair = old_ids[2 * first + a, 2 * second + b][:, None, None, None]  # (P, 1, 1, 1)
-            frame = torch.arange(table.shape[1], device=device)[None, :, None, None]  # (1, B, 1, 1)
-            part = table[pair, frame, rows, cols]  # (P, B, c, c)
-            out = part if out is None else out.add_(part)
-    return out
-
-
-def _trace_back(best: Tensor, history: list[tuple[int, Tensor | None]], candidates: Tensor) -> Tensor:
-    """Follow the back-pointers from the final choice (B, 1) down to the leaves -> (B, N) indexes."""
-    merged = best  # (B, G) merged index of each group at the current level
-    for level in range(len(history) - 1, -1, -1):
-        kept, _ = history[level]
-        positions = torch.stack((merged // kept, merged % kept), dim=-1).flatten(1)  # (B, 2G) in child lists
-        if level == 0:
-            return candidates.gather(2, positions.unsqueeze(-1)).squeeze(-1)  # (B, N)
-        order = history[level - 1][1]
-        merged = positions if order is None else order.gather(2, positions.unsqueeze(-1)).squeeze(-1)
-    raise AssertionError("unreachable")
-
-
+@without_autocast
 def refine_indexes(x: Tensor, indexes: Tensor, centers: Tensor, gram: Tensor) -> Tensor:
     """One refine pass. x (B, D) fp32, indexes (B, N) int64, centers (N, K, D) fp32, gram (N*K, N*K).
     Returns the new (B, N) int64 indexes."""
-    num_frames = x.shape[0]
-    num_codebooks, codebook_size, _ = centers.shape
+    num_codebooks, codebook_size, dim = centers.shape
     if num_codebooks == 1:  # one group from the start: prune to 1 = argmin of S
         return mvq_search(x, centers, indexes, check_indexes=False).best
-    device = x.device
-    gram4 = gram.view(num_codebooks, codebook_size, num_codebooks, codebook_size)  # G[n, k, m, k']
-    books = torch.arange(num_codebooks, device=device)  # (N,)
-    flat_centers = centers.reshape(-1, centers.shape[-1])  # (N*K, D)
-    residual = torch.nn.functional.embedding_bag(indexes + books * codebook_size, flat_centers, mode="sum") - x
-    err_sq = residual.square().sum(dim=-1)  # (B,) ||e||^2, e = sum_n C[n, z_n] - x
+    flat_centers = centers.reshape(num_codebooks * codebook_size, dim)  # (N*K, D)
+    books = torch.arange(num_codebooks, device=x.device) * codebook_size  # (N,) first row of each codebook
+    current_rows = indexes + books  # (B, N) rows n*K + z_n
+    residual = F.embedding_bag(current_rows, flat_centers, mode="sum") - x  # (B, D) e = sum_n C[n, z_n] - x
+    err_sq = residual.square().sum(dim=-1)[:, None, None, None]  # (B, 1, 1, 1) ||e||^2
 
+    errors = mvq_search(x, centers, indexes, check_indexes=False).errors  # (B, N, K) S
     cut = cut_for(1, codebook_size)
     if codebook_size > cut:
-        search = mvq_search(x, centers, indexes, cut=cut, check_indexes=False)
-        values, candidates = search.top_errors, search.top_indexes  # (B, N, c) each
+        values, candidates = _smallest(errors, cut)  # (B, N, c) each
     else:
-        values = mvq_search(x, centers, indexes, check_indexes=False).errors  # (B, N, K)
-        candidates = torch.arange(codebook_size, device=device).expand(num_frames, num_codebooks, codebook_size)
-    kept = candidates.shape[-1]
-    # Back-pointers instead of carrying every candidate's L codebook indexes: per merge level, the
-    # children's list size and the prune's survivor order (None when nothing was pruned).
-    history: list[tuple[int, Tensor | None]] = []
+        values, candidates = errors, torch.arange(codebook_size, device=x.device).expand_as(errors)
+    leaf_rows = (candidates + books[:, None]).unsqueeze(-1)  # (B, G=N, c, L=1) centre rows of each candidate
+    rows = _search(values, leaf_rows, current_rows, err_sq, flat_centers, gram.reshape(-1), codebook_size)
+    return rows - books
 
-    # z-terms of <u_n(k), u_m(k')>: to_current[b, g, s, m] = sum_{n in g} G(k_n(s), z_m) (B, G, c, N)
-    # and current[b, n, m] = G(z_n, z_m) (B, N, N).
-    to_current = gram4[books[None, :, None, None], candidates[..., None], books, indexes[:, None, None, :]]
-    current = gram4[books[:, None], indexes[:, :, None], books[None, :], indexes[:, None, :]]
-    # Pair table of the raw look-ups sum G(k_n, k_m): level 0 needs only the sibling pairs.
-    even, odd = books[0::2], books[1::2]  # (N/2,)
-    sibling_raw = gram4[
-        even[:, None, None, None], candidates[:, 0::2, :, None].permute(1, 0, 2, 3),
-        odd[:, None, None, None], candidates[:, 1::2, None, :].permute(1, 0, 2, 3),
-    ]  # (N/2, B, c, c)
-    table = None
 
-    groups, group_size = num_codebooks, 1
-    while True:
-        half = groups // 2
-        # Cross term <d_a, d_b> of siblings a = 2g, b = 2g+1 (B, G/2, c, c).
-        by_group = to_current.view(num_frames, groups, kept, groups, group_size).sum(dim=-1)  # (B, G, c, G)
-        diag = by_group.view(num_frames, half, 2, kept, half, 2).diagonal(dim1=1, dim2=4)  # (B, 2, c, 2, G/2)
-        rho_even = diag[:, 0, :, 1, :].permute(0, 2, 1)  # (B, G/2, c): sum_{n in a, m in b} G(k_n, z_m)
-        rho_odd = diag[:, 1, :, 0, :].permute(0, 2, 1)  # (B, G/2, c): sum_{m in b, n in a} G(k_m, z_n)
-        current_groups = current.view(num_frames, groups, group_size, groups, group_size).sum(dim=(2, 4))
-        current_sib = current_groups.view(num_frames, half, 2, half, 2).diagonal(dim1=1, dim2=3)[:, 0, 1, :]  # (B, G/2)
-        cross = (
-            sibling_raw.permute(1, 0, 2, 3)
-            - rho_even[..., :, None]
-            - rho_odd[..., None, :]
-            + current_sib[:, :, None, None]
-        )  # (B, G/2, c, c)
-        # Joint error (S_a + S_b) - ||e||^2 + 2 <d_a, d_b>, even candidate major.
-        pair_sum = values[:, 0::2, :, None] + values[:, 1::2, None, :]  # (B, G/2, c, c)
-        values = (pair_sum - err_sq[:, None, None, None] + 2 * cross).reshape(num_frames, half, kept * kept)
-        child_groups, groups, group_size, merged = groups, half, 2 * group_size, kept * kept
+def _run_in_threads(fn: Callable[[int], None], items: list[int], workers: int) -> None:
+    """fn(item) for every item on `workers` threads, each running single-threaded torch ops.
 
-        if groups == 1:  # prune to the single best (the first minimum, as a stable sort's first entry)
-            best = values.argmin(dim=-1)  # (B, 1) merged index in the last group
-            history.append((kept, None))
-            return _trace_back(best, history, candidates)
-
-        cut = cut_for(group_size, codebook_size)
-        if merged > cut:
-            values, order = torch.sort(values, dim=-1, stable=True)
-            values, order = values[..., :cut].contiguous(), order[..., :cut].contiguous()  # (B, G, cut)
-            history.append((kept, order))
-        else:
-            order = torch.arange(merged, device=device).expand(num_frames, groups, merged)
-            history.append((kept, None))
-        left, right = order // kept, order % kept  # (B, G, cut) positions in the child groups
-        pick = lambda t, child: torch.gather(t, 2, child.unsqueeze(-1).expand(-1, -1, -1, t.shape[-1]))
-        to_current = pick(to_current[:, 0::2], left) + pick(to_current[:, 1::2], right)  # (B, G, cut, N)
-        # Pair table of the new groups: from G directly at group size 2, else from the old table.
-        if group_size == 2:
-            codes = torch.stack(
-                (candidates[:, 0::2].gather(2, left), candidates[:, 1::2].gather(2, right)), dim=-1
-            )  # (B, G, cut, 2) leaf indexes of each survivor
-            table = _pair_table_from_gram(codes, gram4)
-        else:
-            table = _pair_table_from_children(table, left, right, child_groups)
-        sibling_ids = _pair_ids(groups, device)[torch.arange(0, groups, 2), torch.arange(1, groups, 2)]
-        sibling_raw = table[sibling_ids]  # (G/2, B, cut, cut)
-        kept = order.shape[-1]
+    Frames are independent, so splitting the chunks over threads scales with the cores without the
+    per-op synchronisation of intra-op parallelism (which dominates the many small ops of the beam
+    search, and stalls badly on a loaded machine). The intra-op thread count is set to 1 for the
+    duration (torch's setting is process-wide) and restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(fn, items):  # re-raises a worker's exception here
+                pass
+    finally:
+        torch.set_num_threads(previous)
 
 
 def compute_indexes(
@@ -250,16 +266,38 @@ def compute_indexes(
     logits_fn: Callable[[Tensor], Tensor],
     refine_iters: int,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    workers: int | None = None,
 ) -> Tensor:
     """(B, D) normalised fp32 frames -> (B, N) int64: argmax of logits_fn(x) (B, N, K), then
-    `refine_iters` refine passes; frames in chunks bounded by `chunk_bytes`."""
+    `refine_iters` refine passes. Frames go in chunks; at most `workers` chunks (default: torch's
+    intra-op thread count on CPU, 1 on other devices) are refined at once, on as many threads, and
+    all chunks in flight together stay near `chunk_bytes`."""
+    num_frames = x.shape[0]
     num_codebooks, codebook_size, dim = centers.shape
-    step = chunk_frames(num_codebooks, codebook_size, dim, chunk_bytes)
-    out = torch.empty(x.shape[0], num_codebooks, dtype=torch.int64, device=x.device)
-    for start in range(0, x.shape[0], step):
-        chunk = x[start : start + step]  # (b, D)
-        indexes = logits_fn(chunk).argmax(dim=-1)  # (b, N)
-        for _ in range(refine_iters):
-            indexes = refine_indexes(chunk, indexes, centers, gram)
+    if workers is None:
+        workers = torch.get_num_threads() if x.device.type == "cpu" else 1
+    workers = max(1, workers)
+    step = chunk_frames(num_codebooks, codebook_size, dim, chunk_bytes // workers)
+    chunks = -(-num_frames // step)
+    chunks = -(-chunks // workers) * workers  # a multiple of the workers, of near-equal sizes
+    step = max(1, -(-num_frames // chunks))
+    out = torch.empty(num_frames, num_codebooks, dtype=torch.int64, device=x.device)
+    starts = list(range(0, num_frames, step))
+    for start in starts:  # the first guess, in the caller's thread (its grad/autocast modes)
+        out[start : start + step] = logits_fn(x[start : start + step]).argmax(dim=-1)  # (b, N)
+    if refine_iters == 0:
+        return out
+
+    def refine_chunk(start: int) -> None:
+        chunk, indexes = x[start : start + step], out[start : start + step]  # (b, D), (b, N)
+        with torch.no_grad():
+            for _ in range(refine_iters):
+                indexes = refine_indexes(chunk, indexes, centers, gram)
         out[start : start + step] = indexes
+
+    if workers > 1 and len(starts) > 1:
+        _run_in_threads(refine_chunk, starts, min(workers, len(starts)))
+    else:
+        for start in starts:
+            refine_chunk(start)
     return out

@@ -97,6 +97,7 @@ def prepare_demo_data(work_dir: Path, *, tiny: bool = False, seed: int = 0,
     work_dir.mkdir(parents=True, exist_ok=True)
     if config is None:
         config = DemoDataConfig.tiny_config(seed) if tiny else DemoDataConfig(seed=seed)
+    _check_same_config(work_dir, config)
     times: dict[str, float] = {}
 
     def timed(name: str, fn, *args) -> None:
@@ -129,6 +130,25 @@ def prepare_demo_data(work_dir: Path, *, tiny: bool = False, seed: int = 0,
 
 def _config_record(config: DemoDataConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists
+
+
+# The settings that decide what the stages' outputs hold (a directory built with others is not reused).
+IDENTITY_FIELDS = ("hours", "tiny", "seed", "teachers", "refine_iters")
+
+
+def _check_same_config(work_dir: Path, config: DemoDataConfig) -> None:
+    """ValueError when WORK_DIR holds demo data built with other settings (reusing it would be wrong)."""
+    recorded_path = work_dir / "demo_data.json"
+    if not recorded_path.is_file():  # a new directory: record the settings before the first stage
+        atomic_write_json(recorded_path, {"config": _config_record(config), "stage_seconds": {}})
+        return
+    recorded = json.loads(recorded_path.read_text()).get("config", {})
+    current = _config_record(config)
+    differing = [f for f in IDENTITY_FIELDS if recorded.get(f) != current[f]]
+    if differing:
+        raise ValueError(f"demo data: {work_dir} was built with other settings ({', '.join(differing)} differ: "
+                         f"{ {f: recorded.get(f) for f in differing} } there, { {f: current[f] for f in differing} } "
+                         f"now); delete {work_dir} or choose another directory")
 
 
 def _build_corpus(corpus_dir: Path, config: DemoDataConfig) -> None:

@@ -429,7 +429,7 @@ class Trainer:
 
             progress = tqdm(total=self.max_steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
         batches = self._batches()
-        last_saved: Path | None = None
+        last_saved: Path | None = self.resumed_from  # the run's newest checkpoint so far
         stopped = False
         try:
             while self.step < self.max_steps:

@@ -1,15 +1,22 @@
 """`python train.py`: resolve the config, check the data, train (see loop.py). torchrun-ready.
 
-    python train.py --preset tiny                                   # the embedded demo corpus
+    python train.py --preset tiny                                   # the embedded demo, end to end
+    python train.py --preset tiny --teachers speech                 # its single-teacher ablation
     python train.py --preset large --manifest m.jsonl --tokens speech=S --tokens audio=A --out runs/large
     torchrun --nproc_per_node 8 train.py --preset base ... --resume
     python train.py --preset base --set optim.lr=3e-4 --set model.encoder.num_layers=6 --print-config
+
+Without --manifest/--tokens it runs the embedded demo: the demo data chain (spear_fast.pipeline.demo),
+pre-training in runs/<preset>[-<teachers>], then the probes of the student, both teachers, fbank and a
+random-init student with a results table, report.json and report.png (spear_fast.eval.demo_report).
+A rerun reuses every finished stage (it resumes the run when it holds a checkpoint).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from spear_fast.model.config import apply_overrides, describe, param_count
@@ -34,6 +41,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo-dir", default=None,
                         help="where the demo corpus and its tokens live/are built when no data flags are given "
                              "(default $SPEAR_DEMO_DIR or ~/.cache/spear-fast/demo-data)")
+    parser.add_argument("--demo-size", choices=["full", "tiny"], default="full",
+                        help="demo corpus size: full (the embedded default, ~0.5 h) or tiny (a minute of audio and "
+                             "few probe clips: a quick check that the whole chain runs, as CI does)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="demo: stop after pre-training (skip the probes, the table and report.json/png)")
     return parser
 
 
@@ -66,25 +78,34 @@ def parse_token_dirs(items: list[str]) -> dict[str, Path]:
     return dirs
 
 
-def demo_data(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
-    """The embedded demo corpus (built on first use by spear_fast.pipeline.demo)."""
+def demo_work_dir(args: argparse.Namespace) -> Path:
+    default = Path.home() / ".cache/spear-fast" / ("demo-data" if args.demo_size == "full" else "demo-data-tiny")
+    return Path(args.demo_dir or os.environ.get("SPEAR_DEMO_DIR") or default)
+
+
+def demo_data(args: argparse.Namespace):
+    """The embedded demo corpus (built on first use by spear_fast.pipeline.demo): a DemoData."""
     try:
         from spear_fast.pipeline.demo import prepare_demo_data
     except ImportError as error:
         raise ValueError(f"no --manifest/--tokens given and the demo pipeline is unavailable ({error}); pass "
                          f"--manifest M --tokens speech=DIR [--tokens audio=DIR]") from error
-    work_dir = Path(args.demo_dir or os.environ.get("SPEAR_DEMO_DIR") or Path.home() / ".cache/spear-fast/demo-data")
-    demo = prepare_demo_data(work_dir)
-    return Path(demo.manifest_path), {name: Path(d) for name, d in demo.token_dirs.items()}
+    return prepare_demo_data(demo_work_dir(args), tiny=args.demo_size == "tiny")
 
 
 def run(argv: list[str] | None = None):
     """Parse, validate and train; raises ValueError on bad input (main() prints it)."""
     args = build_arg_parser().parse_args(argv)
-    if args.out is None:
-        args.out = str(Path("runs") / args.preset)
+    demo_mode = args.manifest is None and not args.tokens
+    if args.out is None:  # the demo's ablation runs (--teachers speech|audio) get their own directories
+        suffix = f"-{args.teachers}" if demo_mode and args.teachers not in (None, "both") else ""
+        args.out = str(Path("runs") / (args.preset + suffix))
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    from spear_fast.train.checkpoint import latest_checkpoint
+
+    if demo_mode and not args.print_config and latest_checkpoint(Path(args.out)) is not None:
+        args.resume = True  # the demo reuses finished stages: continue (or just re-report) its run
     config = resolve_config(args)
     if args.print_config:
         print("\n".join(describe(config)))
@@ -98,9 +119,12 @@ def run(argv: list[str] | None = None):
     from spear_fast.train.data import open_token_stores, validate_corpus
     from spear_fast.train.loop import Trainer, init_distributed
 
+    started = time.perf_counter()
     token_dirs = parse_token_dirs(args.tokens)
-    if args.manifest is None and not token_dirs:
-        manifest_path, token_dirs = demo_data(args)
+    demo = None
+    if demo_mode:
+        demo = demo_data(args)
+        manifest_path, token_dirs = Path(demo.manifest_path), {k: Path(d) for k, d in demo.token_dirs.items()}
     elif args.manifest is None or not token_dirs:
         raise ValueError("give both --manifest and --tokens (or neither, for the demo corpus)")
     else:
@@ -109,20 +133,38 @@ def run(argv: list[str] | None = None):
     stores = open_token_stores(token_dirs, config)
     entries, skipped = validate_corpus(read_manifest(manifest_path), stores, config)
     config.validate()
-    from spear_fast.train.checkpoint import latest_checkpoint
-
     existing = latest_checkpoint(Path(args.out))
     if existing is not None and not args.resume:
         raise ValueError(f"{args.out} already holds checkpoints (newest {existing.name}); pass --resume to continue "
                          f"that run or choose another --out")
     created = init_distributed(config)
+    data_seconds = time.perf_counter() - started
     try:
         trainer = Trainer(config, entries, stores, Path(args.out), resume=args.resume, max_steps=args.max_steps,
                           skipped=skipped)
-        return trainer.fit()
+        result = trainer.fit()
     finally:
         if created:
             dist.destroy_process_group()
+    if demo is not None and not args.no_report and not result.stopped_by_signal and trainer.is_main:
+        report_demo(args, config, demo, result, {"data": data_seconds,
+                                                 "train": time.perf_counter() - started - data_seconds})
+    return result
+
+
+def report_demo(args: argparse.Namespace, config, demo, result, stage_seconds: dict[str, float]) -> dict:
+    """The demo's last stage: probe the student, both teachers and the baselines; table + report."""
+    from spear_fast.eval.demo_report import DemoReportInputs, demo_report
+    from spear_fast.train.checkpoint import latest_checkpoint
+
+    checkpoint = result.checkpoint or latest_checkpoint(result.run_dir)
+    if checkpoint is None:
+        raise ValueError(f"demo report: {result.run_dir} holds no checkpoint to probe")
+    return demo_report(DemoReportInputs(
+        run_dir=result.run_dir, checkpoint=checkpoint, student_config=config.model,
+        teachers_used=config.loss.teachers, teacher_specs=dict(demo.teachers), probes_dir=Path(demo.probes_dir),
+        cache_dir=demo_work_dir(args) / "probe-features",
+        stage_seconds={k: round(v, 1) for k, v in stage_seconds.items()}, progress=config.logging.progress))
 
 
 def main(argv: list[str] | None = None) -> int:

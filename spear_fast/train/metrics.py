@@ -106,6 +106,30 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def draw_losses(axis, records: list[dict[str, Any]]) -> None:
+    """The total and per-teacher loss curves of a run's log records on a matplotlib axis."""
+    keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("loss_")})
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None and math.isfinite(r[key])]
+        if points:
+            axis.plot(*zip(*points), label=key)
+    axis.set_xlabel("step")
+    axis.set_ylabel("cross-entropy (nats per weighted frame)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+
+
+def save_figure(figure, out_path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    from spear_fast.atomic import atomic_open
+
+    with atomic_open(out_path, "wb") as stream:
+        figure.savefig(stream, format="png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
 def plot_losses(log_path: Path, out_path: Path) -> str | None:
     """PNG of the total and per-teacher loss curves; returns a note when matplotlib is missing."""
     try:
@@ -118,19 +142,8 @@ def plot_losses(log_path: Path, out_path: Path) -> str | None:
     records = read_log(log_path)
     if not records:
         return "loss plot skipped: empty log"
-    keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("loss_")})
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None and math.isfinite(r[key])]
-        if points:
-            axis.plot(*zip(*points), label=key)
-    axis.set_xlabel("step")
-    axis.set_ylabel("cross-entropy (nats per weighted frame)")
-    axis.legend()
-    axis.grid(alpha=0.3)
+    draw_losses(axis, records)
     figure.tight_layout()
-    tmp = Path(out_path).with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    os.replace(tmp, out_path)
+    save_figure(figure, out_path)
     return None

@@ -1,0 +1,69 @@
+"""`python train.py` on the embedded demo, scaled down (--demo-size tiny, a few steps): the data chain,
+pre-training, the probes of every model and the report; then a rerun that reuses every stage."""
+import json
+import math
+import time
+
+import pytest
+
+from spear_fast.data.token_store import TokenStore
+from spear_fast.mvq import Quantizer
+from spear_fast.train.checkpoint import latest_checkpoint
+from spear_fast.train.main import run
+from spear_fast.train.metrics import read_log
+
+STEPS = 16
+
+
+def test_tiny_demo_end_to_end(tmp_path, seed):
+    pytest.importorskip("ctranslate2")
+    pytest.importorskip("matplotlib")
+    demo_dir, run_dir = tmp_path / "demo", tmp_path / "run"
+    argv = ["--preset", "tiny", "--demo-size", "tiny", "--demo-dir", str(demo_dir), "--out", str(run_dir),
+            "--set", "schedule.total_steps=16", "--set", "schedule.warmup_steps=2", "--set", "optim.lr=3e-3",
+            "--set", "data.max_seconds=20", "--set", "data.num_workers=0", "--set", f"runtime.seed={seed % 1000}",
+            "--set", "logging.progress=false", "--set", "logging.tensorboard=false"]
+    result = run(argv)
+
+    # data chain: both quantisers and token stores, tied together by the quantiser's fingerprint
+    for name in ("speech", "audio"):
+        store = TokenStore(demo_dir / f"tokens-{name}")
+        assert len(store.ids) > 0
+        assert store.meta.quantizer_hash == Quantizer.load(demo_dir / f"mvq-{name}.safetensors").fingerprint()
+
+    # pre-training: every step logged, finite, and the loss went down
+    assert result.step == STEPS and latest_checkpoint(run_dir) == result.checkpoint
+    log = read_log(run_dir / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert all(math.isfinite(r["loss"]) for r in log)
+    first, last = sum(r["loss"] for r in log[:4]) / 4, sum(r["loss"] for r in log[-4:]) / 4
+    assert last < first - 0.05, (first, last)
+
+    # report: five models on every probe task, scores in range, the table and the PNG
+    report = json.loads((run_dir / "report.json").read_text())
+    tasks = {p.parent.name for p in (demo_dir / "corpus" / "probes").glob("*/task.json")}
+    assert set(report["tasks"]) == tasks == {"voice_id", "instrument_family", "pitch_class", "drum_type"}
+    assert {t["domain"] for t in report["tasks"].values()} == {"speech", "audio"}
+    assert [m["role"] for m in report["models"]] == ["student", "teacher", "teacher", "baseline", "baseline"]
+    for model in report["models"]:
+        assert set(model["test_accuracy"]) == tasks
+        assert all(0.0 <= a <= 1.0 for a in model["test_accuracy"].values())
+        for weights in model["layer_weights"].values():
+            assert abs(sum(weights) - 1.0) < 1e-4
+    student = report["models"][0]
+    assert student["spec"] == str(result.checkpoint)
+    assert len(student["layer_weights"]["voice_id"]) == 6  # the tiny student's layers
+    assert report["train"]["steps"] == STEPS and report["train"]["last"]["loss"] < report["train"]["first"]["loss"]
+    for model in report["models"]:
+        assert model["label"] in report["table"]
+    png = (run_dir / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert set(report["stage_seconds"]) == {"data", "train", "probe"}
+
+    # a rerun reuses the data, the finished run and every probe result: same numbers, quickly
+    started = time.perf_counter()
+    again = run(argv)
+    assert time.perf_counter() - started < 60
+    assert again.step == STEPS and again.checkpoint == result.checkpoint
+    rerun = json.loads((run_dir / "report.json").read_text())
+    assert [m["test_accuracy"] for m in rerun["models"]] == [m["test_accuracy"] for m in report["models"]]
