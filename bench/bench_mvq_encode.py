@@ -47,7 +47,9 @@ def _run(benchmark, peak_memory, machine, fn):
 def test_encode_ours(benchmark, peak_memory, machine, weights_and_frames, tokens_by_contender):
     ref, frames = weights_and_frames
     ours = Quantizer.from_multi_quantization(ref)
-    fn = lambda: ours.encode(frames, REFINE)  # noqa: E731
+    def fn():
+        return ours.encode(frames, REFINE)
+
     fn()  # warm-up: first-call overheads and the cached Gram matrix (64 MiB)
     tokens = _run(benchmark, peak_memory, machine, fn)
     assert tokens.shape == (NUM_FRAMES, NUM_CODEBOOKS)

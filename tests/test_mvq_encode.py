@@ -1,4 +1,6 @@
 """MVQ encode vs the reference (multi_quantization 0.1.1) with the same weights and inputs."""
+import threading
+
 import pytest
 import torch
 from multi_quantization.quantization import Quantizer as RefQuantizer
@@ -154,7 +156,7 @@ def test_bad_input_raises(seed):
         q.decode(torch.zeros(2, 3, dtype=torch.uint8))
 
 
-@pytest.mark.parametrize("gram_max_group,explicit_frames", [(0, 1), (1, 8), (2, 3), (4, 8), (16, 8)])
+@pytest.mark.parametrize("gram_max_group,explicit_frames", [(0, 1), (1, 8), (2, 3), (2, 10**6), (4, 8), (16, 8)])
 def test_hybrid_cross_terms_all_agree_with_reference(seed, monkeypatch, gram_max_group, explicit_frames):
     # Gram look-ups for every merge (16), explicit d and GEMMs for every merge (0), and the splits
     # in between, with sub-chunks of the explicit levels that do and do not divide B.
@@ -216,9 +218,23 @@ def test_worker_threads_give_the_same_tokens_and_restore_the_thread_count(seed, 
     threads = torch.get_num_threads()
     with torch.no_grad():
         serial = compute_indexes(x, centers, gram, q.logits, 2, workers=1)
-        threaded = compute_indexes(x, centers, gram, q.logits, 2, chunk_bytes=1 << 20, workers=3)
+        three_workers = 3 * mvq_encode.MIN_WORKER_BYTES  # a budget that allows all three
+        threaded = compute_indexes(x, centers, gram, q.logits, 2, chunk_bytes=three_workers, workers=3)
     assert torch.equal(serial, threaded)
     assert torch.get_num_threads() == threads
+
+    calls = []
+
+    def counting(*args):
+        calls.append(threading.get_ident())
+        return refine(*args)
+
+    refine = mvq_encode.refine_indexes
+    monkeypatch.setattr(mvq_encode, "refine_indexes", counting)
+    with torch.no_grad():
+        again = compute_indexes(x, centers, gram, q.logits, 1, chunk_bytes=three_workers, workers=3)
+    assert len(calls) == 3 and threading.get_ident() not in calls  # one pass per chunk, off the caller's thread
+    assert torch.equal(again, compute_indexes(x, centers, gram, q.logits, 1, workers=1))
 
     def broken(*args):
         raise RuntimeError("worker failed")

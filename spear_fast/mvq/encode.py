@@ -33,8 +33,8 @@ mostly adds synchronisation. Chunking and threads never change the tokens (frame
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +51,12 @@ MAX_CUT = 128  # the reference caps the beam at 128
 GRAM_MAX_GROUP = 2
 # Frames per sub-chunk of the explicit-d merges: their d tensors (~0.5 MiB per frame at D=1024, N=16)
 # stay a few MiB, reuse freed memory instead of page-faulting fresh allocations, and mostly stay in
-# cache. Measured as above: 8 beat 4, 16 and 32 (by 10-20 %).
+# cache. Measured as above: 8 beat 4, 16 and 32 (by 10-20 %). CPU only: on a GPU, small ops cost
+# launches, so the explicit levels run on the whole chunk there.
 EXPLICIT_FRAMES = 8
+# Smallest share of chunk_bytes per worker thread: below it, chunks get too few frames for the ops
+# to run efficiently, so fewer workers are used (each then with several intra-op threads).
+MIN_WORKER_BYTES = 32 << 20
 
 
 def cut_for(group_size: int, codebook_size: int) -> int:
@@ -101,16 +105,26 @@ def _schedule(num_codebooks: int, codebook_size: int) -> list[tuple[int, int, in
     return steps
 
 
-def chunk_frames(num_codebooks: int, codebook_size: int, dim: int, chunk_bytes: int) -> int:
-    """Frames per chunk so that one chunk's tensors stay near `chunk_bytes` (a rough upper bound)."""
+def explicit_frames_for(device: torch.device) -> int | None:
+    """Sub-chunk size of the explicit-d merges on `device` (None: the whole chunk)."""
+    return EXPLICIT_FRAMES if device.type == "cpu" else None
+
+
+def chunk_frames(
+    num_codebooks: int, codebook_size: int, dim: int, chunk_bytes: int, explicit_frames: int | None = EXPLICIT_FRAMES
+) -> int:
+    """Frames per chunk so that one chunk's tensors stay near `chunk_bytes` (a rough upper bound);
+    explicit_frames: the sub-chunk size of the explicit-d merges (None: whole chunks)."""
     search = 16 * num_codebooks * codebook_size + 12 * num_codebooks * dim  # op 1: S and its targets; top-k
     merges, explicit = 0, 0
     for groups, size, kept in _schedule(num_codebooks, codebook_size):
         merged = (groups // 2) * kept * kept  # joint errors of one frame
         if size <= GRAM_MAX_GROUP:  # int64 look-up positions and fp32 values (L^2 each), joint + top-k
             merges = max(merges, 12 * size * size * merged + 24 * merged)
-        else:  # sub-chunks of EXPLICIT_FRAMES frames: this level's d and the next one's
-            explicit = max(explicit, EXPLICIT_FRAMES * (6 * dim * groups * kept + 24 * merged))
+        elif explicit_frames is None:  # this level's d and the next one's, for every frame
+            merges = max(merges, 6 * dim * groups * kept + 24 * merged)
+        else:  # the same for one sub-chunk of explicit_frames frames
+            explicit = max(explicit, explicit_frames * (6 * dim * groups * kept + 24 * merged))
     return max(1, (chunk_bytes - explicit) // (search + merges))
 
 
@@ -154,12 +168,13 @@ def _cross_from_gram(gram_flat: Tensor, leaf_rows: Tensor, current_rows: Tensor,
 
 def _search(
     values: Tensor, leaf_rows: Tensor, current_rows: Tensor, err_sq: Tensor, flat_centers: Tensor, gram_flat: Tensor,
-    codebook_size: int,
+    codebook_size: int, explicit_frames: int | None,
 ) -> Tensor:
     """The merges and prunes of one refine pass, from the level described by the arguments to the end.
 
     values (b, G, c) errors of each group's candidates (S_a); leaf_rows (b, G, c, L) their centre rows;
-    current_rows (b, N) rows n*K + z_n; err_sq (b, 1, 1, 1) ||e||^2. Returns (b, N) chosen centre rows."""
+    current_rows (b, N) rows n*K + z_n; err_sq (b, 1, 1, 1) ||e||^2; explicit_frames: sub-chunk size of the
+    explicit-d merges (None: all b frames at once). Returns (b, N) chosen centre rows."""
     num_frames, groups, kept, size = leaf_rows.shape
     stride, dim = flat_centers.shape  # N*K rows of D
     device = values.device
@@ -169,12 +184,12 @@ def _search(
         # Explicit d from the first merge of groups larger than GRAM_MAX_GROUP on: built from the
         # centres here, then from the children's d after each prune (two rows per survivor).
         if deltas is None and size > GRAM_MAX_GROUP:
-            if num_frames > EXPLICIT_FRAMES:  # the rest in sub-chunks whose d tensors stay cache-sized
+            step = explicit_frames
+            if step is not None and num_frames > step:  # the rest in sub-chunks whose d stay cache-sized
                 return torch.cat([
-                    _search(values[s : s + EXPLICIT_FRAMES], leaf_rows[s : s + EXPLICIT_FRAMES],
-                            current_rows[s : s + EXPLICIT_FRAMES], err_sq[s : s + EXPLICIT_FRAMES],
-                            flat_centers, gram_flat, codebook_size)
-                    for s in range(0, num_frames, EXPLICIT_FRAMES)
+                    _search(values[s : s + step], leaf_rows[s : s + step], current_rows[s : s + step],
+                            err_sq[s : s + step], flat_centers, gram_flat, codebook_size, step)
+                    for s in range(0, num_frames, step)
                 ])
             current_sum = F.embedding_bag(current_rows.view(-1, size), flat_centers, mode="sum")  # (b*G, D)
             deltas = F.embedding_bag(leaf_rows.reshape(-1, size), flat_centers, mode="sum").view(
@@ -238,24 +253,29 @@ def refine_indexes(x: Tensor, indexes: Tensor, centers: Tensor, gram: Tensor) ->
     else:
         values, candidates = errors, torch.arange(codebook_size, device=x.device).expand_as(errors)
     leaf_rows = (candidates + books[:, None]).unsqueeze(-1)  # (B, G=N, c, L=1) centre rows of each candidate
-    rows = _search(values, leaf_rows, current_rows, err_sq, flat_centers, gram.reshape(-1), codebook_size)
+    rows = _search(
+        values, leaf_rows, current_rows, err_sq, flat_centers, gram.reshape(-1), codebook_size,
+        explicit_frames_for(x.device),
+    )
     return rows - books
 
 
 def _run_in_threads(fn: Callable[[int], None], items: list[int], workers: int) -> None:
-    """fn(item) for every item on `workers` threads, each running single-threaded torch ops.
+    """fn(item) for every item on `workers` threads, which share torch's intra-op threads (one each
+    when there are as many workers as threads).
 
     Frames are independent, so splitting the chunks over threads scales with the cores without the
     per-op synchronisation of intra-op parallelism (which dominates the many small ops of the beam
-    search, and stalls badly on a loaded machine). The intra-op thread count is set to 1 for the
+    search, and stalls badly on a loaded machine). The intra-op thread count is lowered for the
     duration (torch's setting is process-wide) and restored afterwards."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, previous // workers))
+    pool = ThreadPoolExecutor(workers)
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(fn, items):  # re-raises a worker's exception here
-                pass
+        for _ in pool.map(fn, items):  # re-raises a worker's exception here
+            pass
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error: drop the chunks not started
         torch.set_num_threads(previous)
 
 
@@ -269,15 +289,16 @@ def compute_indexes(
     workers: int | None = None,
 ) -> Tensor:
     """(B, D) normalised fp32 frames -> (B, N) int64: argmax of logits_fn(x) (B, N, K), then
-    `refine_iters` refine passes. Frames go in chunks; at most `workers` chunks (default: torch's
-    intra-op thread count on CPU, 1 on other devices) are refined at once, on as many threads, and
-    all chunks in flight together stay near `chunk_bytes`."""
+    `refine_iters` refine passes. Frames go in chunks; up to `workers` chunks (default: torch's
+    intra-op thread count on CPU, 1 on other devices; fewer when chunk_bytes leaves a worker less
+    than MIN_WORKER_BYTES) are refined at once, on as many threads, and all chunks in flight
+    together stay near `chunk_bytes`."""
     num_frames = x.shape[0]
     num_codebooks, codebook_size, dim = centers.shape
     if workers is None:
         workers = torch.get_num_threads() if x.device.type == "cpu" else 1
-    workers = max(1, workers)
-    step = chunk_frames(num_codebooks, codebook_size, dim, chunk_bytes // workers)
+    workers = max(1, min(workers, chunk_bytes // MIN_WORKER_BYTES))
+    step = chunk_frames(num_codebooks, codebook_size, dim, chunk_bytes // workers, explicit_frames_for(x.device))
     chunks = -(-num_frames // step)
     chunks = -(-chunks // workers) * workers  # a multiple of the workers, of near-equal sizes
     step = max(1, -(-num_frames // chunks))
