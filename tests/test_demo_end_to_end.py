@@ -36,8 +36,10 @@ def test_tiny_demo_end_to_end(tmp_path, seed):
     log = read_log(run_dir / "log.jsonl")
     assert [r["step"] for r in log] == list(range(1, STEPS + 1))
     assert all(math.isfinite(r["loss"]) for r in log)
-    first, last = sum(r["loss"] for r in log[:4]) / 4, sum(r["loss"] for r in log[-4:]) / 4
-    assert last < first - 0.05, (first, last)
+    # the speech teacher's loss applies to every clip, so it is comparable across batches (the total
+    # is not: batches without audio clips lack the audio term)
+    first, last = (sum(r["loss_speech"] for r in part) / len(part) for part in (log[:4], log[-4:]))
+    assert last < first - 0.1, (first, last)
 
     # report: five models on every probe task, scores in range, the table and the PNG
     report = json.loads((run_dir / "report.json").read_text())
@@ -52,8 +54,9 @@ def test_tiny_demo_end_to_end(tmp_path, seed):
             assert abs(sum(weights) - 1.0) < 1e-4
     student = report["models"][0]
     assert student["spec"] == str(result.checkpoint)
-    assert len(student["layer_weights"]["voice_id"]) == 6  # the tiny student's layers
-    assert report["train"]["steps"] == STEPS and report["train"]["last"]["loss"] < report["train"]["first"]["loss"]
+    assert len(student["layer_weights"]["voice_id"]) == 7  # the tiny student: front-end output + 6 layers
+    assert report["train"]["steps"] == STEPS
+    assert report["train"]["last"]["loss_speech"] < report["train"]["first"]["loss_speech"]
     for model in report["models"]:
         assert model["label"] in report["table"]
     png = (run_dir / "report.png").read_bytes()

@@ -70,14 +70,15 @@ def test_stored_features_match_the_upstream_alone(tmp_path, seed):
         alone = upstream.student(*fbank(wave[None]))  # the student on this clip only, no padding
         got = store[entry.id]
         assert got.shape == (2, alone.layers[0].shape[1], 16) and store.frames[entry.id] == got.shape[1]
-        torch.testing.assert_close(got[0], alone.layers[0][0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(got[1], alone.layers[2][0], rtol=1e-4, atol=1e-5)
+        # upstream hidden state 0 is the front end's output, state i >= 1 the student's layer i - 1
+        torch.testing.assert_close(got[0], alone.embedding[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[1], alone.layers[1][0], rtol=1e-4, atol=1e-5)
 
     pooled = extract_features(upstream, entries, tmp_path / "pooled", layers="all", pool="mean", progress=False)
     assert pooled.extracted == 7
     store_all, store_mean = FeatureStore(tmp_path / "pooled"), store
     for entry in entries:
-        mean = store_all[entry.id]  # (3, 16)
+        mean = store_all[entry.id]  # (4, 16)
         torch.testing.assert_close(mean[[0, 2]], store_mean[entry.id].double().mean(1).float(), rtol=1e-4, atol=1e-5)
 
 

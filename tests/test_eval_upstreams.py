@@ -34,7 +34,7 @@ def test_random_student_is_seeded(seed):
     waves, lengths = _batch(seed, [8000, 5000])
     a, b = load_upstream("random:tiny?seed=3"), load_upstream("random:tiny?seed=3")
     other = load_upstream("random:tiny?seed=4")
-    assert (a.num_layers, a.dim, a.frame_rate) == (6, 256, 50.0)
+    assert (a.num_layers, a.dim, a.frame_rate) == (7, 256, 50.0)  # front-end output + 6 layers
     assert a.info.fingerprint == b.info.fingerprint != other.info.fingerprint
     torch.manual_seed(3)
     reference = SpearStudent(tiny()).eval()  # built by hand with the same seed
@@ -42,7 +42,12 @@ def test_random_student_is_seeded(seed):
     with torch.no_grad():
         want = reference(*fbank(waves, lengths))
     assert torch.equal(out.lengths, want.lengths)
-    for got, expected in zip(out.layers, want.layers, strict=True):
+    with torch.no_grad():  # hidden state 0: the front end's output, the Transformer's input
+        front, _ = reference.subsampling(*fbank(waves, lengths))  # (B, T', d)
+    for b, count in enumerate(want.lengths.tolist()):
+        torch.testing.assert_close(out.layers[0][b, :count], front[b, :count], rtol=1e-5, atol=1e-5)
+        assert not out.layers[0][b, count:].any()
+    for got, expected in zip(out.layers[1:], want.layers, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(other(waves, lengths).layers[-1], out.layers[-1])
     with pytest.raises(ValueError, match="seed"):
@@ -71,9 +76,9 @@ def test_checkpoint_and_export_give_the_ema_student(tmp_path, seed):
         want = reference(*fbank(waves, lengths))
     for spec, kind in ((str(checkpoint), "checkpoint"), (str(tmp_path / "exported"), "student")):
         upstream = load_upstream(spec)
-        assert upstream.info.kind == kind and upstream.num_layers == 2 and upstream.dim == 64
+        assert upstream.info.kind == kind and upstream.num_layers == 3 and upstream.dim == 64
         out = upstream(waves, lengths)
-        for got, expected in zip(out.layers, want.layers, strict=True):
+        for got, expected in zip(out.layers[1:], want.layers, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 

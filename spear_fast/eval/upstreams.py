@@ -6,7 +6,7 @@
     out.lengths  (B,) int64 valid frames
 
 Model specs (`load_upstream(spec)`, the --model argument of `spear extract` / `spear probe`):
-  DIR                      a spear-fast export (config.json + model.safetensors), every student layer
+  DIR                      a spear-fast export (config.json + model.safetensors): the front-end output + every layer
   RUN/ckpt-XXXXXXXX.pt     a training checkpoint (EMA weights when present, as `spear export`)
   fbank                    baseline: the 128-bin log-mel fbank frames (100 Hz) as a single "layer"
   random:PRESET[?seed=N]   baseline: the student architecture of PRESET with seeded random weights
@@ -133,7 +133,8 @@ class Upstream(nn.Module):
 
 
 class StudentUpstream(Upstream):
-    """A SPEAR student: fbank -> SpearStudent, every Transformer layer (the last one after the final norm)."""
+    """A SPEAR student: fbank -> SpearStudent, every hidden state as SUPERB/s3prl take them: the front
+    end's output (the Transformer's input), then each Transformer layer (the last after the final norm)."""
 
     def __init__(self, student: nn.Module, name: str, kind: str):
         super().__init__()
@@ -141,7 +142,7 @@ class StudentUpstream(Upstream):
         for p in self.student.parameters():
             p.requires_grad_(False)
         config = student.config
-        self.info = UpstreamInfo(name=name, kind=kind, num_layers=config.encoder.num_layers, dim=config.encoder.dim,
+        self.info = UpstreamInfo(name=name, kind=kind, num_layers=1 + config.encoder.num_layers, dim=config.encoder.dim,
                                  frame_rate=config.frame_rate, fingerprint=state_fingerprint(student))
 
     def _layers(self, waves, lengths):
@@ -149,7 +150,7 @@ class StudentUpstream(Upstream):
 
         feats, feat_lengths = fbank(waves, lengths.to(waves.device))  # (B, T, 128), (B,)
         out = self.student(feats, feat_lengths)
-        return list(out.layers), out.lengths
+        return [out.embedding, *out.layers], out.lengths
 
 
 class FbankUpstream(Upstream):

@@ -7,6 +7,7 @@
     out.layers  tuple of num_layers (B, T', d): the residual stream after each block; the last entry
                 is `hidden` (after the final norm), as in HuggingFace wav2vec2/HuBERT. Empty when
                 forward(..., return_layers=False).
+    out.embedding (B, T', d) the Transformer's input (front-end output; None without return_layers)
 Outputs at padded positions are zero. Packed attention backends (flash, xformers) run the whole
 encoder on the valid tokens only; sdpa runs it on the padded batch with a key-padding mask.
 """
@@ -35,6 +36,9 @@ class StudentOutput(NamedTuple):
     hidden: torch.Tensor  # (B, T', d)
     lengths: torch.Tensor  # (B,) int64
     layers: tuple[torch.Tensor, ...]  # num_layers x (B, T', d)
+    # (B, T', d) the Transformer's input (the front end's output; s3prl's hidden_states[0]), zero past
+    # lengths; None when return_layers=False
+    embedding: torch.Tensor | None = None
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
@@ -171,6 +175,9 @@ class SpearStudent(nn.Module):
         cos, sin = self.rotary.tables(positions)  # (P, 1, hd/2)
 
         valid = layout.valid[..., None]  # (B, T', 1)
+        embedding = None
+        if return_layers:
+            embedding = layout.unpack(x) if packed else x.masked_fill(~valid, 0.0)  # (B, T', d)
         layers = []
         for index, block in enumerate(self.blocks):
             x = block(x, layout, backend, cos, sin)
@@ -179,4 +186,5 @@ class SpearStudent(nn.Module):
                 out = self.final_norm(x) if last else x
                 # back to (B, T', d) with zeros on padding
                 layers.append(layout.unpack(out) if packed else out.masked_fill(~valid, 0.0))
-        return StudentOutput(hidden=layers[-1], lengths=lengths, layers=tuple(layers) if return_layers else ())
+        return StudentOutput(hidden=layers[-1], lengths=lengths, layers=tuple(layers) if return_layers else (),
+                             embedding=embedding)
