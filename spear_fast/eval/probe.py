@@ -233,7 +233,8 @@ def probe_task(upstream, task, config: ProbeConfig, cache_dir: str | os.PathLike
     start = time.perf_counter()
     pool = "mean" if task.type == "utterance" else "none"
     splits, failed = {}, {}
-    model_key = _slug(f"{upstream.info.name}@{upstream.info.fingerprint}")
+    # the layer count is in the key: the same weights exposed with other hidden states are another upstream
+    model_key = _slug(f"{upstream.info.name}@{upstream.info.fingerprint}x{upstream.info.num_layers}")
     task_key = _slug(f"{task.name}@{task.fingerprint}")  # a rebuilt task (manifests changed) gets a new cache
     for split in ("train", "valid", "test"):
         directory = Path(cache_dir) / model_key / task_key / split
@@ -283,8 +284,8 @@ def run_probes(model: str, task_dirs: list[str | os.PathLike], out: str | os.Pat
         if previous.get("model") == model and previous.get("probe") == settings:
             results["tasks"] = previous.get("tasks", {})
     upstream = upstream if upstream is not None else load_upstream(model, device=device)
-    if results["tasks"] and previous.get("upstream", {}).get("fingerprint") != upstream.info.fingerprint:
-        results["tasks"] = {}  # the weights changed since: nothing earlier stands
+    if results["tasks"] and previous.get("upstream") != asdict(upstream.info):
+        results["tasks"] = {}  # the weights (or the hidden states exposed) changed since: nothing earlier stands
     results["upstream"] = asdict(upstream.info)
     for task in tasks:
         if results["tasks"].get(task.name, {}).get("task_fingerprint") == task.fingerprint:
