@@ -106,13 +106,24 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+SMOOTHING_WINDOW = 25  # logged steps in the running mean drawn over each raw (batch-to-batch noisy) curve
+
+
 def draw_losses(axis, records: list[dict[str, Any]]) -> None:
-    """The total and per-teacher loss curves of a run's log records on a matplotlib axis."""
+    """The total and per-teacher loss curves of a run's log records on a matplotlib axis: each step
+    faint, and its running mean over SMOOTHING_WINDOW steps solid."""
     keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("loss_")})
     for key in keys:
         points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None and math.isfinite(r[key])]
         if points:
-            axis.plot(*zip(*points), label=key)
+            steps, values = zip(*points)
+            (line,) = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
+            window = min(SMOOTHING_WINDOW, len(values))
+            sums = [0.0]
+            for value in values:
+                sums.append(sums[-1] + value)
+            smooth = [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
+            axis.plot(steps, smooth, color=line.get_color(), label=f"{key} (mean of {window} steps)")
     axis.set_xlabel("step")
     axis.set_ylabel("cross-entropy (nats per weighted frame)")
     axis.legend()
