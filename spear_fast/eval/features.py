@@ -178,7 +178,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
 
     start = time.perf_counter()
     total_seconds = sum(e.effective_duration for e in todo)
-    bar = tqdm(total=round(total_seconds, 1), unit="s audio", unit_scale=True, desc=f"extract {upstream.info.name}",
+    bar = tqdm(total=total_seconds, unit="s audio", unit_scale=True, desc=f"extract {upstream.info.name}",
                disable=not progress)
     for batch in _batches(todo, batch_seconds):
         waves, good = [], []
@@ -207,7 +207,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
                 pending_frames[entry.id] = n
             if len(pending) >= shard_utterances:
                 flush()
-        bar.update(round(sum(e.effective_duration for e in batch), 1))
+        bar.update(min(sum(e.effective_duration for e in batch), bar.total - bar.n))  # never past the total
     flush()
     bar.close()
     failed_path = out_dir / "failed.json"
