@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kernels._backend import HAS_TRITON, prefer_triton, triton_usable, without_autocast
+from kernels._backend import HAS_TRITON, check_same_device, prefer_triton, triton_usable, without_autocast
 
 if HAS_TRITON:
     import triton
@@ -580,14 +580,7 @@ def _validate(hidden, weight, targets, frame_weights, bias, reduction) -> None:
         raise ValueError(f"{op}: targets must be an integer tensor, found {targets.dtype}")
     if not frame_weights.dtype.is_floating_point:
         raise ValueError(f"{op}: frame_weights must be floating point, found {frame_weights.dtype}")
-    devices = {t.device for t in (hidden, weight, targets, frame_weights, bias) if t is not None}
-    if len(devices) > 1:
-        found = ", ".join(
-            f"{name} on {t.device}"
-            for name, t in (("hidden", hidden), ("weight", weight), ("targets", targets),
-                            ("frame_weights", frame_weights), ("bias", bias)) if t is not None
-        )
-        raise ValueError(f"{op}: tensors must share one device, found {found}")
+    check_same_device(op, hidden=hidden, weight=weight, targets=targets, frame_weights=frame_weights, bias=bias)
 
 
 def linear_multi_target_ce(

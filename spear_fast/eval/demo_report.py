@@ -82,7 +82,7 @@ def train_summary(log_records: list[dict[str, Any]], window: int = 10) -> dict[s
     if not log_records:
         return {"steps": 0}
     keys = ["loss"] + sorted({k for r in log_records for k in r if k.startswith("loss_")})
-    window = max(1, min(window, len(log_records) // 2 or 1))
+    window = max(1, min(window, len(log_records) // 2))
 
     def mean(records: list[dict[str, Any]], key: str) -> float | None:
         values = [r[key] for r in records if r.get(key) is not None]
@@ -119,7 +119,7 @@ def demo_report(inputs: DemoReportInputs) -> dict[str, Any]:
     log_records = read_log(inputs.run_dir / "log.jsonl") if (inputs.run_dir / "log.jsonl").is_file() else []
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_name("cpu") if not torch.cuda.is_available() else machine_name("cuda"),
+        "machine": machine_name("cuda" if torch.cuda.is_available() else "cpu"),
         "run_dir": str(inputs.run_dir),
         "student": {"checkpoint": str(inputs.checkpoint), "preset": inputs.student_config.name,
                     "teachers_used": inputs.teachers_used},

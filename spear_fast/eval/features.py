@@ -105,20 +105,6 @@ class ExtractReport:
     seconds: float  # wall time
 
 
-def _batches(entries: list[ManifestEntry], batch_seconds: float) -> list[list[ManifestEntry]]:
-    """Clips sorted by duration, grouped so that count x longest <= batch_seconds (little padding)."""
-    ordered = sorted(entries, key=lambda e: (e.effective_duration, e.id))
-    batches, current = [], []
-    for entry in ordered:
-        if current and ((len(current) + 1) * entry.effective_duration > batch_seconds or len(current) >= MAX_BATCH):
-            batches.append(current)
-            current = []
-        current.append(entry)
-    if current:
-        batches.append(current)
-    return batches
-
-
 def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | os.PathLike, *,
                      layers: str | Sequence[int] = "all", pool: str = "none", dtype: str = "float32",
                      batch_seconds: float = BATCH_SECONDS, shard_utterances: int = SHARD_UTTERANCES,
@@ -127,6 +113,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
     from safetensors.torch import save_file
 
     from spear_fast.audio import AudioError, load_audio
+    from spear_fast.pipeline.clips import duration_batches
 
     if pool not in POOLS:
         raise ValueError(f"extract: pool {pool!r} must be one of {POOLS}")
@@ -180,7 +167,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
     total_seconds = sum(e.effective_duration for e in todo)
     bar = tqdm(total=total_seconds, unit="s audio", unit_scale=True, desc=f"extract {upstream.info.name}",
                disable=not progress)
-    for batch in _batches(todo, batch_seconds):
+    for batch in duration_batches(todo, batch_seconds, max_clips=MAX_BATCH):
         waves, good = [], []
         for entry in batch:
             try:

@@ -67,16 +67,19 @@ def shard_entries(entries: Sequence[ManifestEntry], worker: tuple[int, int]) -> 
     return list(entries[index::count])
 
 
-def duration_batches(entries: Sequence[ManifestEntry], batch_seconds: float) -> list[list[ManifestEntry]]:
+def duration_batches(entries: Sequence[ManifestEntry], batch_seconds: float,
+                     max_clips: int | None = None) -> list[list[ManifestEntry]]:
     """Clips sorted by duration, cut into batches whose PADDED size (longest clip x clips) stays within
-    batch_seconds; a clip longer than batch_seconds gets a batch of its own."""
+    batch_seconds (and at most max_clips clips when given); a clip longer than batch_seconds gets a
+    batch of its own."""
     if not batch_seconds > 0:
         raise ValueError(f"batch_seconds must be > 0, got {batch_seconds}")
     batches: list[list[ManifestEntry]] = []
     batch: list[ManifestEntry] = []
     for entry in sorted(entries, key=lambda e: (e.effective_duration, e.id)):
         # sorted ascending, so the newcomer is the longest clip of the batch
-        if batch and entry.effective_duration * (len(batch) + 1) > batch_seconds:
+        full = max_clips is not None and len(batch) >= max_clips
+        if batch and (full or entry.effective_duration * (len(batch) + 1) > batch_seconds):
             batches.append(batch)
             batch = []
         batch.append(entry)

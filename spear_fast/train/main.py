@@ -155,13 +155,11 @@ def run(argv: list[str] | None = None):
 def report_demo(args: argparse.Namespace, config, demo, result, stage_seconds: dict[str, float]) -> dict:
     """The demo's last stage: probe the student, both teachers and the baselines; table + report."""
     from spear_fast.eval.demo_report import DemoReportInputs, demo_report
-    from spear_fast.train.checkpoint import latest_checkpoint
 
-    checkpoint = result.checkpoint or latest_checkpoint(result.run_dir)
-    if checkpoint is None:
+    if result.checkpoint is None:  # fit() saves at its last step and reports a resumed run's checkpoint
         raise ValueError(f"demo report: {result.run_dir} holds no checkpoint to probe")
     return demo_report(DemoReportInputs(
-        run_dir=result.run_dir, checkpoint=checkpoint, student_config=config.model,
+        run_dir=result.run_dir, checkpoint=result.checkpoint, student_config=config.model,
         teachers_used=config.loss.teachers, teacher_specs=dict(demo.teachers), probes_dir=Path(demo.probes_dir),
         cache_dir=demo_work_dir(args) / "probe-features",
         stage_seconds={k: round(v, 1) for k, v in stage_seconds.items()}, progress=config.logging.progress))
