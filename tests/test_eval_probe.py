@@ -15,6 +15,7 @@ from spear_fast.eval.probe import (
     classification_metrics,
     format_table,
     frame_label_indexes,
+    one_layer,
     train_probe,
 )
 from spear_fast.eval.tasks import load_task, make_task
@@ -66,6 +67,21 @@ def test_known_answers_and_layer_weights(seed):
     chance = train_probe(*(_layered(generator, n, 3, informative, random_labels=True) for n in (240, 90, 600)), 3,
                          ProbeConfig(epochs=30, patience=5, seed=seed % 1000))
     assert abs(chance.test["accuracy"] - 1 / 3) < 0.08  # 600 test items: 4 standard deviations
+
+
+def test_one_layer_alone(seed):
+    generator = torch.Generator().manual_seed(seed)
+    informative = int(torch.randint(0, 4, (), generator=generator))
+    splits = [_layered(generator, n, 3, informative, shift=2.5) for n in (180, 60, 300)]
+    config = ProbeConfig(epochs=40, patience=40, seed=seed % 1000)
+    alone = train_probe(*(one_layer(d, informative, "m") for d in splits), 3, config)
+    other = train_probe(*(one_layer(d, (informative + 1) % 4, "m") for d in splits), 3, config)
+    assert alone.test["accuracy"] > 0.95 and alone.layer_weights == [1.0]
+    assert abs(other.test["accuracy"] - 1 / 3) < 0.1  # a noise layer: chance (300 test items)
+    with pytest.raises(ValueError, match=r"probe layer 4 does not exist: m exposes 4 hidden states \(0 \.\. 3\)"):
+        one_layer(splits[0], 4, "m")
+    with pytest.raises(ValueError, match="probe layer must be >= 0"):
+        ProbeConfig(layer=-1).validate()
 
 
 def test_early_stopping_keeps_the_best_epoch(seed):
@@ -151,6 +167,13 @@ def test_probe_command_on_tones(tmp_path, seed):
     assert table[1].split() == ["fbank", f"{tones:.1f}", f"{tones:.1f}"] and table[2].split()[0] == "other"
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert spear_main(["probe-table", str(out), str(tmp_path / "other.json")]) == 0
+
+    # --layer reaches the probe: fbank has one hidden state, so layer 0 is itself and layer 1 is named missing
+    layer_out = tmp_path / "layer0.json"
+    assert spear_main(argv[:5] + ["--out", str(layer_out), "--layer", "0"] + argv[9:]) == 0
+    assert json.loads(layer_out.read_text())["probe"]["layer"] == 0
+    with pytest.raises(ValueError, match="probe layer 1 does not exist: fbank exposes 1 hidden states"):
+        spear_main(argv[:5] + ["--out", str(tmp_path / "layer1.json"), "--layer", "1"] + argv[9:])
 
 
 def test_frame_level_task(tmp_path, seed):

@@ -36,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--lr", type=float, default=1e-3, help="the head's learning rate")
     probe.add_argument("--layer-lr", type=float, default=1e-2, help="the layer weights' learning rate")
     probe.add_argument("--batch-size", type=int, default=32, help="utterances per step (frame tasks: 1024 frames)")
+    probe.add_argument("--layer", type=int, default=None,
+                       help="probe this hidden state alone (0 = the front end's output) instead of the weighted sum")
     probe.add_argument("--cache", default=None, help="feature cache directory (default: features/ beside --out)")
     probe.add_argument("--device", default="cpu")
     probe.set_defaults(func=run_probe)
@@ -80,7 +82,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from spear_fast.eval.probe import ProbeConfig, run_probes
 
     config = ProbeConfig(head=args.head, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
-                         lr=args.lr, layer_lr=args.layer_lr, seed=args.seed)
+                         lr=args.lr, layer_lr=args.layer_lr, seed=args.seed, layer=args.layer)
     results = run_probes(args.model, args.task, args.out, config, cache_dir=args.cache, device=args.device)
     width = max(len(name) for name in results["tasks"])
     print(f"{'task':<{width}}  accuracy  macro-F1  chance")

@@ -49,6 +49,9 @@ class ProbeConfig:
     # intra-op threads while fitting: the probe's tensors are small, and more threads mostly add
     # synchronisation (measured on the 2-core dev box under load: 52 ms/step with 2, 2.2 ms with 1)
     threads: int = 1
+    # One hidden state alone (0 = the front end's output) instead of the weighted sum: the per-layer
+    # view that shows where a model keeps what a task needs. None: all layers, weighted (SUPERB).
+    layer: int | None = None
 
     def validate(self) -> None:
         if self.head not in ("linear", "mlp"):
@@ -59,6 +62,8 @@ class ProbeConfig:
         if not (self.lr > 0 and self.layer_lr > 0) or self.weight_decay < 0:
             raise ValueError(f"probe lr and layer_lr must be > 0 and weight_decay >= 0, got {self.lr}, "
                              f"{self.layer_lr}, {self.weight_decay}")
+        if self.layer is not None and self.layer < 0:
+            raise ValueError(f"probe layer must be >= 0 (0 = the front end's output), got {self.layer}")
 
 
 class WeightedLayerProbe(nn.Module):
@@ -226,6 +231,14 @@ def task_split_data(task, split: str, store) -> ProbeData:
     return ProbeData(torch.cat(xs).float(), torch.cat(ys).long())
 
 
+def one_layer(data: ProbeData, layer: int, model_name: str) -> ProbeData:
+    """The probe inputs of hidden state `layer` alone: x (N, L, d) -> (N, 1, d)."""
+    if layer >= data.x.shape[1]:
+        raise ValueError(f"probe layer {layer} does not exist: {model_name} exposes {data.x.shape[1]} hidden "
+                         f"states (0 .. {data.x.shape[1] - 1})")
+    return ProbeData(data.x[:, layer : layer + 1], data.y)
+
+
 def probe_task(upstream, task, config: ProbeConfig, cache_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Extract (or reuse) the task's features for `upstream` and fit/score the probe; a results dict."""
     from spear_fast.eval.features import FeatureStore, extract_features
@@ -242,6 +255,8 @@ def probe_task(upstream, task, config: ProbeConfig, cache_dir: str | os.PathLike
                                   progress=progress)
         failed.update(report.failed)
         splits[split] = task_split_data(task, split, FeatureStore(directory))
+    if config.layer is not None:
+        splits = {name: one_layer(data, config.layer, upstream.info.name) for name, data in splits.items()}
     extract_seconds = time.perf_counter() - start
     batch = config.batch_size if task.type == "utterance" else config.frame_batch_size
     result = train_probe(splits["train"], splits["valid"], splits["test"], task.num_classes, config, task.metric,
