@@ -231,11 +231,16 @@ def task_split_data(task, split: str, store) -> ProbeData:
     return ProbeData(torch.cat(xs).float(), torch.cat(ys).long())
 
 
+def check_layer(layer: int, num_states: int, model_name: str) -> None:
+    """ValueError unless hidden state `layer` exists among a model's `num_states`."""
+    if layer >= num_states:
+        raise ValueError(f"probe layer {layer} does not exist: {model_name} exposes {num_states} hidden "
+                         f"states (0 .. {num_states - 1})")
+
+
 def one_layer(data: ProbeData, layer: int, model_name: str) -> ProbeData:
     """The probe inputs of hidden state `layer` alone: x (N, L, d) -> (N, 1, d)."""
-    if layer >= data.x.shape[1]:
-        raise ValueError(f"probe layer {layer} does not exist: {model_name} exposes {data.x.shape[1]} hidden "
-                         f"states (0 .. {data.x.shape[1] - 1})")
+    check_layer(layer, data.x.shape[1], model_name)
     return ProbeData(data.x[:, layer : layer + 1], data.y)
 
 
@@ -302,6 +307,8 @@ def run_probes(model: str, task_dirs: list[str | os.PathLike], out: str | os.Pat
     if results["tasks"] and previous.get("upstream") != asdict(upstream.info):
         results["tasks"] = {}  # the weights (or the hidden states exposed) changed since: nothing earlier stands
     results["upstream"] = asdict(upstream.info)
+    if config.layer is not None:  # before any extraction, not after the first task's
+        check_layer(config.layer, upstream.info.num_layers, upstream.info.name)
     for task in tasks:
         if results["tasks"].get(task.name, {}).get("task_fingerprint") == task.fingerprint:
             continue  # done with these weights, this task data and these settings

@@ -8,6 +8,7 @@ MFU = FLOPs / step time / peak dense bf16 FLOP/s of the card (PEAK_BF16_FLOPS, b
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -119,9 +120,7 @@ def draw_losses(axis, records: list[dict[str, Any]]) -> None:
             steps, values = zip(*points)
             (line,) = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
             window = min(SMOOTHING_WINDOW, len(values))
-            sums = [0.0]
-            for value in values:
-                sums.append(sums[-1] + value)
+            sums = [0.0, *itertools.accumulate(values)]
             smooth = [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
             axis.plot(steps, smooth, color=line.get_color(), label=f"{key} (mean of {window} steps)")
     axis.set_xlabel("step")
