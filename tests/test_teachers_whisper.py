@@ -118,8 +118,9 @@ def test_long_clip_uses_30s_windows_and_clip_context(teacher, seed):
 
 
 def test_bad_specs():
-    with pytest.raises(ValueError, match="layer"):
-        load_teacher("whisper-demo?layer=2")
+    for layer in ("9", "-1", "middle"):
+        with pytest.raises(ValueError, match="layer"):
+            load_teacher(f"whisper-demo?layer={layer}")
     with pytest.raises(ValueError, match="CTranslate2 Whisper folder"):
         load_teacher("whisper-demo:/nonexistent/folder")
     with pytest.raises(ValueError, match="context"):

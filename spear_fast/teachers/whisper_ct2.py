@@ -13,6 +13,12 @@ whisper.transcribe pads a clip; the log-mel maximum is taken per window, so a cl
 depend on the other clips of the batch. The encoder gives 1500 frames (50 Hz) per window; the
 clip keeps ceil(L / 320) of them.
 
+layer (spec option): "last" (default) = the encoder's output after its final LayerNorm, run by
+CTranslate2; an integer k in 0..4 = the output of block k (0 = the conv stem), run by our torch copy
+of the encoder (`whisper_encoder.WhisperEncoder`, the same weights read from model.bin) and stopped
+there, because CTranslate2 returns only the final output. SPEAR distils an intermediate layer of its
+speech teacher (WavLM layer 21 of 24).
+
 context="clip" (spec option) is a documented speed trade-off, not Whisper's own use: the clip's last
 window is padded only to the next 320-sample boundary, so the encoder sees the clip's own length
 (its position embeddings are sliced) and a 5 s clip costs 1/6 of a 30 s window. Whisper was trained
@@ -29,6 +35,7 @@ import torch
 
 from .base import Teacher
 from .spec import check_no_options_left, pop_int
+from .whisper_encoder import WhisperEncoder
 
 N_FFT = 400  # 25 ms window
 HOP = 160  # 10 ms -> 100 Hz mel frames; the encoder's stride-2 conv halves that to 50 Hz
@@ -91,11 +98,11 @@ def bundled_model_dir() -> Path:
 
 
 class WhisperCT2Teacher(Teacher):
-    """Whisper encoder output (after its final LayerNorm) at 50 Hz."""
+    """Whisper encoder output (after its final LayerNorm, or block `layer`'s output) at 50 Hz."""
 
     def __init__(self, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
                  compute_type: str = "default", threads: int = 0, windows_per_call: int = 8,
-                 context: str = "30s"):
+                 context: str = "30s", layer: int | str = "last"):
         super().__init__(device, None)
         import ctranslate2
 
@@ -115,14 +122,18 @@ class WhisperCT2Teacher(Teacher):
         probe = np.zeros((1, self.model.n_mels, 2), dtype=np.float32)  # one frame, to read the width
         self.dim = int(np.array(self.model.encode(ctranslate2.StorageView.from_array(probe), to_cpu=True)).shape[-1])
         self.frame_rate = 16000 / SAMPLES_PER_FRAME  # 50 Hz
-        self.layer = "last"
         self.compute_type = compute_type
+        self.encoder: WhisperEncoder | None = None  # our torch copy, for an intermediate layer
+        if layer != "last":
+            self.encoder = WhisperEncoder.from_ct2(folder).to(self.device)
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.encoder.num_layers:
+                raise ValueError(f"whisper-demo teacher: layer must be 'last' or an integer in "
+                                 f"0..{self.encoder.num_layers}, got {layer!r}")
+            self.name += f"@layer{layer}"
+        self.layer = layer
 
     @classmethod
     def from_spec(cls, path: str | None, layer, options: dict[str, str], device) -> "WhisperCT2Teacher":
-        if layer not in (None, "last"):
-            raise ValueError(f"whisper-demo teacher: CTranslate2 exposes only the encoder output, layer must be "
-                             f"'last', got {layer!r}")
         compute_type = options.pop("compute_type", "default")
         threads = pop_int(options, "threads", 0)
         windows = pop_int(options, "windows_per_call", 8)
@@ -130,7 +141,7 @@ class WhisperCT2Teacher(Teacher):
         options.pop("dtype", None)  # CTranslate2 picks its own precision via compute_type
         check_no_options_left("whisper-demo", options)
         teacher = cls(path, device=device, compute_type=compute_type, threads=threads, windows_per_call=windows,
-                      context=context)
+                      context=context, layer="last" if layer is None else layer)
         return teacher
 
     def windows(self, waves: torch.Tensor, lengths: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
@@ -154,7 +165,9 @@ class WhisperCT2Teacher(Teacher):
         out = []
         for start in range(0, feats.shape[0], self.windows_per_call):
             part = feats[start : start + self.windows_per_call].contiguous()
-            if self.device.type == "cuda":
+            if self.encoder is not None:
+                out.append(self.encoder(part, self.layer).float())
+            elif self.device.type == "cuda":
                 encoded = self.model.encode(ctranslate2.StorageView.from_array(part), to_cpu=False)
                 out.append(torch.as_tensor(encoded, device=self.device).float())
             else:
