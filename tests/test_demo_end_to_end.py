@@ -20,7 +20,7 @@ def test_tiny_demo_end_to_end(tmp_path, seed):
     pytest.importorskip("matplotlib")
     demo_dir, run_dir = tmp_path / "demo", tmp_path / "run"
     argv = ["--preset", "tiny", "--demo-size", "tiny", "--demo-dir", str(demo_dir), "--out", str(run_dir),
-            "--set", "schedule.total_steps=16", "--set", "schedule.warmup_steps=2", "--set", "optim.lr=3e-3",
+            "--set", "schedule.total_steps=16", "--set", "schedule.warmup_steps=2",
             "--set", "data.max_seconds=20", "--set", "data.num_workers=0", "--set", f"runtime.seed={seed % 1000}",
             "--set", "logging.progress=false", "--set", "logging.tensorboard=false"]
     result = run(argv)

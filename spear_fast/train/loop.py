@@ -52,6 +52,7 @@ from spear_fast.train.augment import augment_batch
 from spear_fast.train.config import TrainConfig, train_config_from_dict
 from spear_fast.train.data import SkipReport, build_loader, teacher_specs
 from spear_fast.train.metrics import RunLog, peak_flops, plot_losses, step_flops
+from spear_fast.train.scaled_adam import ScaledAdam
 from spear_fast.train.schedule import lr_factor
 
 
@@ -218,10 +219,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _build_optimizer(self) -> torch.optim.Optimizer:
+        optim = self.config.optim
+        if optim.name == "scaled_adam":  # no weight decay: each tensor's size is learned and bounded instead
+            return ScaledAdam(self.module.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                              scalar_lr_scale=optim.scalar_lr_scale, param_min_rms=optim.param_min_rms,
+                              param_max_rms=optim.param_max_rms, clipping_scale=optim.clipping_scale)
+        if optim.name != "adamw":
+            raise ValueError(f"optim.name={optim.name!r}: must be adamw or scaled_adam")
         decay, no_decay = [], []
         for name, param in self.module.named_parameters():
             (decay if param.dim() >= 2 else no_decay).append(param)  # matrices decay; biases, norms, mask vector not
-        optim = self.config.optim
         groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
                                  fused=self.device.type == "cuda")
@@ -366,6 +373,8 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
+        if isinstance(self.optimizer, ScaledAdam) and self.config.optim.clipping_scale is not None:
+            clip = float("inf")  # ScaledAdam clips relative to its recent norms; here the norm is only measured
         grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), clip))
         skipped_update = False
         if self.scaler is not None:

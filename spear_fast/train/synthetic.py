@@ -79,7 +79,7 @@ def write_synthetic_corpus(out_dir: str | Path, *, num_clips: int = 16, min_seco
 TEST_OVERRIDES = [
     "model.encoder.num_layers=2", "model.encoder.dim=64", "model.encoder.num_heads=2", "model.encoder.ffn_dim=128",
     "model.subsampling.channels=16", "data.max_seconds=3", "data.max_duration=1.5", "data.num_buckets=2",
-    "data.num_workers=0", "schedule.warmup_steps=2", "schedule.total_steps=1000", "optim.lr=2e-3",
+    "data.num_workers=0", "schedule.warmup_steps=2", "schedule.total_steps=1000",
     "logging.progress=false", "logging.plot=false", "logging.tensorboard=false",
 ]
 
