@@ -332,8 +332,10 @@ def test_config_names_the_optimizer():
         OptimConfig(name="sgd")
 
 
-def test_training_with_scaled_adam(tmp_path, monkeypatch):
-    limits = []  # max_norm of every clip_grad_norm_ call of the loop
+@pytest.fixture
+def clip_limits(monkeypatch) -> list[float]:
+    """The max_norm of every clip_grad_norm_ call the training loop makes, in order."""
+    limits = []
     measure = torch.nn.utils.clip_grad_norm_
 
     def recording(parameters, max_norm, *args, **kwargs):
@@ -341,6 +343,11 @@ def test_training_with_scaled_adam(tmp_path, monkeypatch):
         return measure(parameters, max_norm, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    return limits
+
+
+def test_training_with_scaled_adam(tmp_path, clip_limits):
+    limits = clip_limits
     corpus = write_synthetic_corpus(tmp_path / "corpus", num_clips=6, seed=fresh_seed())
     result = run(train_argv(corpus, tmp_path / "run", "--max-steps", "3",
                             overrides=["optim.name=scaled_adam", "optim.lr=0.045", "optim.grad_clip=0.5"]))
@@ -360,15 +367,8 @@ def test_training_with_scaled_adam(tmp_path, monkeypatch):
     assert limits == [0.5]
 
 
-def test_training_with_adamw_still_works(tmp_path, monkeypatch):
-    limits = []
-    measure = torch.nn.utils.clip_grad_norm_
-
-    def recording(parameters, max_norm, *args, **kwargs):
-        limits.append(max_norm)
-        return measure(parameters, max_norm, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+def test_training_with_adamw_still_works(tmp_path, clip_limits):
+    limits = clip_limits
     corpus = write_synthetic_corpus(tmp_path / "corpus", num_clips=6, seed=fresh_seed())
     result = run(train_argv(corpus, tmp_path / "run", "--max-steps", "2",
                             overrides=["optim.name=adamw", "optim.lr=2e-3", "optim.grad_clip=0.7"]))
