@@ -15,6 +15,7 @@ from spear_fast.teachers import load_teacher  # noqa: E402
 from spear_fast.teachers.ct2_weights import read_ct2_variables  # noqa: E402
 from spear_fast.teachers.whisper_ct2 import WhisperLogMel, bundled_model_dir  # noqa: E402
 from spear_fast.teachers.whisper_encoder import WhisperEncoder  # noqa: E402
+from spear_fast.train.synthetic import fresh_seed  # noqa: E402
 
 LAYERS, HEADS, DIM, MELS, FFN, VOCAB, POSITIONS = 2, 3, 48, 16, 96, 24, 100  # odd head count on purpose
 STORAGE_TYPES = ("float32", "float16", "bfloat16", "int8")
@@ -90,8 +91,7 @@ def _random_whisper_spec(seed: int) -> tuple[whisper_spec.WhisperSpec, dict[str,
 @pytest.fixture(scope="module")
 def random_models(tmp_path_factory):
     """{storage type: folder} of one random tiny Whisper saved by ctranslate2 in every storage type."""
-    seed = int(torch.seed() % (2**31))
-    spec, encoder_vars = _random_whisper_spec(seed)
+    spec, encoder_vars = _random_whisper_spec(fresh_seed())  # $SPEAR_TEST_SEED reproduces it
     folders = {}
     for storage in STORAGE_TYPES:
         copied = copy.deepcopy(spec)
