@@ -51,9 +51,12 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_repeats_the_uninterrupted_run(corpus, tmp_path):
-    # mixing, noise, EMA, a DataLoader worker and an epoch boundary (12 clips of 0.6-1.2 s ~ 5 batches of <= 3 s per epoch)
+    # mixing, noise, EMA, a DataLoader worker and an epoch boundary: 12 clips of 0.6-1.2 s (<= 14.4 s) in
+    # batches of <= 6 s padded make at most ~5 batches per epoch (3 full ones plus a partial one per length
+    # bucket) whatever the drawn lengths, so 6 steps cross one
+    # (with 3 s batches some corpora needed 7)
     overrides = ["mixing.token_mix_prob=0.5", "mixing.noise_prob=0.3", "checkpoint.ema_decay=0.9",
-                 "data.num_workers=1", "checkpoint.every_steps=2", "checkpoint.keep_last=2"]
+                 "data.num_workers=1", "checkpoint.every_steps=2", "checkpoint.keep_last=2", "data.max_seconds=6"]
     full, split = tmp_path / "full", tmp_path / "split"
     run(train_argv(corpus, full, "--max-steps", "6", overrides=overrides))
     run(train_argv(corpus, split, "--max-steps", "3", overrides=overrides))
