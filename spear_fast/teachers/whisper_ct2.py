@@ -109,27 +109,33 @@ class WhisperCT2Teacher(Teacher):
         folder = Path(model_dir).expanduser() if model_dir else bundled_model_dir()
         if not (folder / "model.bin").is_file() or not (folder / "config.json").is_file():
             raise ValueError(f"whisper-demo teacher: {folder} is not a CTranslate2 Whisper folder (model.bin + config.json)")
-        threads = threads or torch.get_num_threads()
-        self.model = ctranslate2.models.Whisper(str(folder), device=self.device.type,
-                                                device_index=self.device.index or 0, compute_type=compute_type,
-                                                intra_threads=threads, inter_threads=1)
-        self.front_end = WhisperLogMel(self.model.n_mels).to(self.device)
+        self.model = None  # CTranslate2's encoder, for the final output
+        self.encoder: WhisperEncoder | None = None  # our torch copy, for an intermediate layer (CTranslate2 unused)
+        if layer == "last":
+            threads = threads or torch.get_num_threads()
+            self.model = ctranslate2.models.Whisper(str(folder), device=self.device.type,
+                                                    device_index=self.device.index or 0, compute_type=compute_type,
+                                                    intra_threads=threads, inter_threads=1)
+            n_mels = self.model.n_mels
+            probe = np.zeros((1, n_mels, 2), dtype=np.float32)  # one frame, to read the width
+            self.dim = int(np.array(self.model.encode(ctranslate2.StorageView.from_array(probe), to_cpu=True)).shape[-1])
+        else:
+            if isinstance(layer, int) and not isinstance(layer, bool):
+                self.encoder = WhisperEncoder.from_ct2(folder).to(self.device)
+            if self.encoder is None or not 0 <= layer <= self.encoder.num_layers:
+                top = self.encoder.num_layers if self.encoder is not None else "N"
+                raise ValueError(f"whisper-demo teacher: layer must be 'last' or an integer in 0..{top}, got {layer!r}")
+            n_mels, self.dim = self.encoder.n_mels, self.encoder.dim
+        self.front_end = WhisperLogMel(n_mels).to(self.device)
         self.windows_per_call = windows_per_call  # bounds memory: one window's features are ~1 MB
         if context not in ("30s", "clip"):
             raise ValueError(f"whisper-demo teacher: context must be '30s' or 'clip', got {context!r}")
         self.context = context
         self.name = f"whisper-ct2:{folder.parent.name if folder.name == 'model' else folder.name}"
-        probe = np.zeros((1, self.model.n_mels, 2), dtype=np.float32)  # one frame, to read the width
-        self.dim = int(np.array(self.model.encode(ctranslate2.StorageView.from_array(probe), to_cpu=True)).shape[-1])
+        if self.encoder is not None:
+            self.name += f"@layer{layer}"
         self.frame_rate = 16000 / SAMPLES_PER_FRAME  # 50 Hz
         self.compute_type = compute_type
-        self.encoder: WhisperEncoder | None = None  # our torch copy, for an intermediate layer
-        if layer != "last":
-            self.encoder = WhisperEncoder.from_ct2(folder).to(self.device)
-            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.encoder.num_layers:
-                raise ValueError(f"whisper-demo teacher: layer must be 'last' or an integer in "
-                                 f"0..{self.encoder.num_layers}, got {layer!r}")
-            self.name += f"@layer{layer}"
         self.layer = layer
 
     @classmethod

@@ -224,8 +224,6 @@ class Trainer:
             return ScaledAdam(self.module.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
                               scalar_lr_scale=optim.scalar_lr_scale, param_min_rms=optim.param_min_rms,
                               param_max_rms=optim.param_max_rms, clipping_scale=optim.clipping_scale)
-        if optim.name != "adamw":
-            raise ValueError(f"optim.name={optim.name!r}: must be adamw or scaled_adam")
         decay, no_decay = [], []
         for name, param in self.module.named_parameters():
             (decay if param.dim() >= 2 else no_decay).append(param)  # matrices decay; biases, norms, mask vector not
