@@ -184,6 +184,10 @@ class Trainer:
         self.head_outputs = sum(head.out_features for head in objective.heads.values())
         self.num_params = param_count(self.module)
         self.optimizer = self._build_optimizer()
+        optim = self.config.optim
+        self.clip_limit = optim.grad_clip if optim.grad_clip > 0 else math.inf  # the global-norm clip of each step
+        if isinstance(self.optimizer, ScaledAdam) and optim.clipping_scale is not None:
+            self.clip_limit = math.inf  # ScaledAdam clips relative to its recent norms; the loop only measures
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.ema: dict[str, torch.Tensor] | None = None
         if config.checkpoint.ema_decay > 0:
@@ -370,10 +374,7 @@ class Trainer:
             group["lr"] = lr
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
-        if isinstance(self.optimizer, ScaledAdam) and self.config.optim.clipping_scale is not None:
-            clip = float("inf")  # ScaledAdam clips relative to its recent norms; here the norm is only measured
-        grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), clip))
+        grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_limit))
         skipped_update = False
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
