@@ -1,10 +1,11 @@
 """SPEAR pre-training entry point: `python train.py --preset {tiny,base,large,xlarge}` (torchrun-ready).
 
-See spear_fast/train/main.py for the flags and spear_fast/train/loop.py for the loop.
+With --manifest/--tokens it trains on that data (spear_fast/train/main.py, the loop in
+spear_fast/train/loop.py); without them it runs the embedded demo end to end (spear_fast/demo/run.py).
 """
 import sys
 
-from spear_fast.train.main import main
+from spear_fast.cli import train_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train_main())

@@ -631,7 +631,7 @@ def linear_multi_target_ce(
     return loss
 
 
-def linear_multi_target_ce_reference(
+def linear_multi_target_ce_torch(
     hidden: Tensor,
     weight: Tensor,
     targets: Tensor,
@@ -649,4 +649,4 @@ def linear_multi_target_ce_reference(
     )
 
 
-__all__ = ["linear_multi_target_ce", "linear_multi_target_ce_reference"]
+__all__ = ["linear_multi_target_ce", "linear_multi_target_ce_torch"]

@@ -18,7 +18,7 @@ Computed with the GEMM + norm trick ||t||^2 + ||c||^2 - 2<t, c>; (B, N, K, D) ne
 fp16 or bf16 inputs, fp32 accumulation, fp32 errors. Not differentiable (encoding is a search).
 
 Paths: CUDA tensors -> the Triton kernel (`mvq_search_triton`); anything else -> the torch twin
-(`mvq_search_reference`, a chunked CPU implementation). `mvq_search` is registered as the
+(`mvq_search_torch`, a chunked CPU implementation). `mvq_search` is registered as the
 torch.library op "spear::mvq_search", so a torch.compile'd module calls it without a graph break.
 """
 from __future__ import annotations
@@ -371,7 +371,7 @@ TWIN_CHUNK_ELEMENTS = 1 << 24
 
 
 @without_autocast
-def mvq_search_reference(
+def mvq_search_torch(
     frames: torch.Tensor,
     centers: torch.Tensor,
     indexes: Optional[torch.Tensor] = None,
@@ -434,7 +434,7 @@ def _mvq_search_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: a cut of 0 comes back as empty (B, N, 0) tensors.
     tensors = (frames, centers) if indexes is None else (frames, centers, indexes)
-    impl = mvq_search_triton if prefer_triton(*tensors) else mvq_search_reference
+    impl = mvq_search_triton if prefer_triton(*tensors) else mvq_search_torch
     result = impl(frames, centers, indexes, cut, check_indexes=check_indexes)
     if result.top_errors is None:
         shape = (frames.shape[0], centers.shape[0], 0)
@@ -478,4 +478,4 @@ def mvq_search(
     return MVQSearchResult(errors, best, top_errors, top_indexes)
 
 
-__all__ = ["MVQSearchResult", "mvq_search", "mvq_search_reference", "mvq_search_triton"]
+__all__ = ["MVQSearchResult", "mvq_search", "mvq_search_torch", "mvq_search_triton"]

@@ -509,7 +509,7 @@ def _token_mix_triton(
 
 
 # ---------------------------------------------------------------------------------------------
-# The torch twin (CPU path and oracle)
+# The torch twin (the CPU path)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -683,7 +683,7 @@ def token_mix(
     return TokenMixResult(w, tuple(t), gain, beta)
 
 
-def token_mix_reference(
+def token_mix_torch(
     waves: torch.Tensor,
     lengths: torch.Tensor,
     plan: TokenMixPlan,
@@ -703,5 +703,5 @@ __all__ = [
     "TokenMixResult",
     "draw_token_mix_plan",
     "token_mix",
-    "token_mix_reference",
+    "token_mix_torch",
 ]

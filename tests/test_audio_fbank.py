@@ -105,7 +105,10 @@ def test_short_waves_follow_kaldi_mirroring(reference, seed, length):
     assert int(frames) == (length + 80) // 160 == expected.shape[0]
     np.testing.assert_allclose(feats.numpy(), expected, rtol=0, atol=1e-9)
     feats32, _ = fbank(torch.from_numpy(wave))
-    np.testing.assert_allclose(feats32.numpy(), expected, rtol=0, atol=TOLERANCE)
+    # Mirrored noise through pre-emphasis leaves the lowest mel bins ~40 dB under the rest (log energy
+    # near -15), where float32 rounding of the frame's power spectrum reaches ~1e-4 of the log value
+    # (seen: 1.7e-3 at -14.4): hence a relative term beside the absolute bound.
+    np.testing.assert_allclose(feats32.numpy(), expected, rtol=2e-4, atol=TOLERANCE)
 
 
 def test_float64_path_is_exact_kaldi(reference, seed):

@@ -154,3 +154,42 @@ def test_content_decides_not_the_extension(tmp_path, seed):
     sf.write(disguised, samples, 16000, format="WAV", subtype="FLOAT")
     wave, _ = load_audio(disguised)
     np.testing.assert_array_equal(wave.numpy(), samples)
+
+
+def test_an_unreadable_file_says_permission_denied(tmp_path, seed):
+    """A file the process may not read is reported as such, not as libsndfile's "System error."."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="spear-perm-"))
+    folder.chmod(0o755)  # traversable by anyone: only the file itself is closed
+    path = folder / "locked.wav"
+    sf.write(path, band_limited(16000, 0.5, np.random.default_rng(seed)), 16000)
+    path.chmod(0)
+    read_end, write_end = os.pipe()
+    child = os.fork()  # root reads any file: the child drops to an unprivileged user first
+    if child == 0:
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            reasons = []
+            for read in (audio_info, load_audio):
+                try:
+                    read(str(path))
+                    reasons.append("read without an error")
+                except AudioError as error:
+                    reasons.append(error.reason)
+            os.write(write_end, "\n".join(reasons).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as stream:
+        reasons = stream.read().splitlines()
+    os.waitpid(child, 0)
+    path.chmod(0o644)
+    path.unlink()
+    folder.rmdir()
+    assert len(reasons) == 2 and all(reason.startswith("permission denied") for reason in reasons), reasons

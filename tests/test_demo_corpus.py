@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from spear_fast.data.manifest import read_manifest
+from spear_fast.demo import content
 from spear_fast.demo import plan as plan_mod
 from spear_fast.demo.audio_util import audio_checksum
 from spear_fast.demo.corpus import build_corpus
@@ -24,7 +25,7 @@ GM_FAMILY_TABLE = ["piano", "chromatic_percussion", "organ", "guitar", "bass", "
                    "brass", "reed", "pipe", "synth_lead", "synth_pad", "synth_effects", "ethnic",
                    "percussive", "sound_effects"]
 NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
-TASKS = ("voice_id", "instrument_family", "pitch_class", "drum_type")
+TASKS = ("voice_id", "instrument_family", "pitch_class", "drum_type", "spoken_word", "spoken_letter")
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -84,7 +85,7 @@ def test_tiny_manifests_are_valid(tiny):
     sources_json = json.load(open(os.path.join(out, "sources.json")))
     names = {s["name"] for s in sources_json}
     assert {"hedgewars-data", "fluid-soundfont-gm", "timgm6mb-soundfont", "hydrogen-drumkits",
-            "sonic-pi-samples", "espeak-ng", "flite", "fluidsynth"} <= names
+            "sonic-pi-samples", "espeak-ng", "flite", "fluidsynth", *content.RECORDINGS["spoken_word"]} <= names
     for s in sources_json:
         assert s["version"] and not s["licence"].startswith("unverified"), s
         assert os.path.exists(os.path.join(out, s["copyright_file"])), s
@@ -142,6 +143,42 @@ def test_probe_sets_are_held_out(tiny):
         for row in manifests[f"probes/drum_type/{split}.jsonl"]:
             name = row["meta"]["instrument"].lower()
             assert any(k in name for k in keywords[row["meta"]["label"]]), row["meta"]
+
+
+def test_content_probes_hold_voices_out(tiny):
+    """Spoken word / letter: voices never repeat across splits, the valid and test voices and the
+    probe words are absent from the pre-training clips, and real recordings sit on the test side."""
+    out, _ = tiny
+    manifests = all_manifests(out)
+    pretrain = manifests["train.jsonl"]
+    pretrain_voices = {r["meta"]["voice"] for r in pretrain if r["meta"]["source"] in ("espeak", "flite")}
+    pretrain_accents = {v.split("+")[0].lower() for v in pretrain_voices if "+" in v}
+    pretrain_variants = {v.split("+")[1] for v in pretrain_voices if "+" in v}
+    pretrain_words = {w for r in pretrain for w in r["meta"].get("text", "").split()}
+    assert not pretrain_words & content.probe_words()
+    for task, (classes, _) in content.TASKS.items():
+        spec = json.load(open(os.path.join(out, "probes", task, "task.json")))
+        assert spec["subset_field"] == "meta.subset" and spec["labels"] == list(classes[:4])
+        splits = {s: manifests[f"probes/{task}/{s}.jsonl"] for s in ("train", "valid", "test")}
+        voices = {s: {r["meta"]["voice"] for r in rows} for s, rows in splits.items()}
+        assert not voices["train"] & voices["valid"] and not voices["train"] & voices["test"]
+        assert not voices["valid"] & voices["test"]
+        for split in ("valid", "test"):
+            for row in splits[split]:
+                kind, voice = row["meta"]["voice"].split(":", 1)
+                if kind == "espeak":
+                    accent, variant = voice.split("+")
+                    assert accent.lower() not in pretrain_accents and variant not in pretrain_variants, row
+                elif kind == "flite":
+                    assert voice not in pretrain_voices, row
+        for split, rows in splits.items():
+            subsets = {r["meta"]["subset"] for r in rows}
+            assert subsets == ({"synthetic", "real"} if split == "test" else {"synthetic"}), (task, split)
+            for row in rows:  # a synthetic clip says its label; a real one is the speaker's file of it
+                if row["meta"]["subset"] == "synthetic":
+                    assert row["meta"]["text"] == content.spoken_text(row["meta"]["label"])
+                else:
+                    assert row["meta"]["source"] == "asterisk" and row["meta"]["file"].endswith(".wav")
 
 
 def dominant_pitch_class(wave: np.ndarray, sr: int = 16000) -> int:

@@ -8,9 +8,9 @@ import pytest
 
 from spear_fast.data.token_store import TokenStore
 from spear_fast.mvq import Quantizer
-from spear_fast.train.checkpoint import latest_checkpoint
-from spear_fast.train.main import run
-from spear_fast.train.metrics import read_log
+from spear_fast.checkpoint import latest_checkpoint
+from spear_fast.cli import run_train
+from spear_fast.plot import read_log
 
 STEPS = 16
 
@@ -22,8 +22,9 @@ def test_tiny_demo_end_to_end(tmp_path, seed):
     argv = ["--preset", "tiny", "--demo-size", "tiny", "--demo-dir", str(demo_dir), "--out", str(run_dir),
             "--set", "schedule.total_steps=16", "--set", "schedule.warmup_steps=2",
             "--set", "data.max_seconds=20", "--set", "data.num_workers=0", "--set", f"runtime.seed={seed % 1000}",
-            "--set", "logging.progress=false", "--set", "logging.tensorboard=false"]
-    result = run(argv)
+            "--set", "logging.progress=false", "--set", "logging.tensorboard=false",
+            "--set", "checkpoint.every_steps=8", "--set", "checkpoint.keep_every=8"]
+    result = run_train(argv)
 
     # data chain: both quantisers and token stores, tied together by the quantiser's fingerprint
     for name in ("speech", "audio"):
@@ -44,7 +45,8 @@ def test_tiny_demo_end_to_end(tmp_path, seed):
     # report: five models on every probe task, scores in range, the table and the PNG
     report = json.loads((run_dir / "report.json").read_text())
     tasks = {p.parent.name for p in (demo_dir / "corpus" / "probes").glob("*/task.json")}
-    assert set(report["tasks"]) == tasks == {"voice_id", "instrument_family", "pitch_class", "drum_type"}
+    assert set(report["tasks"]) == tasks == {"voice_id", "instrument_family", "pitch_class", "drum_type",
+                                             "spoken_word", "spoken_letter"}
     assert {t["domain"] for t in report["tasks"].values()} == {"speech", "audio"}
     assert [m["role"] for m in report["models"]] == ["student", "teacher", "teacher", "baseline", "baseline"]
     for model in report["models"]:
@@ -56,6 +58,19 @@ def test_tiny_demo_end_to_end(tmp_path, seed):
     assert student["spec"] == str(result.checkpoint)
     assert len(student["layer_weights"]["voice_id"]) == 7  # the tiny student: front-end output + 6 layers
     assert report["train"]["steps"] == STEPS
+    # the trend: random init, the kept milestone (step 8), the final student; the content group's mean,
+    # the milestone probed on the content tasks only
+    content = [t for t in tasks if t.startswith("spoken_")]
+    assert [p["step"] for p in report["trend"]] == [0, 8, STEPS]
+    assert all(p["tasks"] == sorted(content) and set(p["mean_accuracy"]) == {"content"} for p in report["trend"])
+    assert report["trend"][-1]["mean_accuracy"]["content"] == student["mean_accuracy"]["content"]
+    assert report["trend"][0]["mean_accuracy"]["content"] == report["models"][-1]["mean_accuracy"]["content"]
+    [milestone_file] = (run_dir / "probes").glob("student_at_step_8-*.json")
+    milestone = json.loads(milestone_file.read_text())
+    assert set(milestone["tasks"]) == set(content)
+    assert student["mean_accuracy"]["content"] == pytest.approx(
+        sum(student["test_accuracy"][t] for t in content) / len(content))
+    assert set(student["test_subsets"]) == set(content)
     assert report["train"]["last"]["loss_speech"] < report["train"]["first"]["loss_speech"]
     for model in report["models"]:
         assert model["label"] in report["table"]
@@ -65,7 +80,7 @@ def test_tiny_demo_end_to_end(tmp_path, seed):
 
     # a rerun reuses the data, the finished run and every probe result: same numbers, quickly
     started = time.perf_counter()
-    again = run(argv)
+    again = run_train(argv)
     assert time.perf_counter() - started < 60
     assert again.step == STEPS and again.checkpoint == result.checkpoint
     rerun = json.loads((run_dir / "report.json").read_text())

@@ -107,6 +107,30 @@ def test_resume_bad_clips_and_settings(tmp_path, seed):
     assert not list(out.glob(".*.tmp"))  # no temp file left behind
 
 
+def test_clips_over_the_duration_cap_are_skipped_and_listed(tmp_path, seed):
+    """extract caps clip length like collect-frames and tokenize (600 s by default): a longer clip is
+    listed in failed.json with the reason instead of costing minutes and gigabytes."""
+    from spear_fast.pipeline.clips import DEFAULT_MAX_DURATION
+
+    manifest, entries = _corpus(tmp_path, seed, count=3)
+    rate = 1000  # a long clip that is small on disk; the cap is checked from the header, before decoding
+    seconds = DEFAULT_MAX_DURATION + 1.0
+    long_path = tmp_path / "long.wav"
+    sf.write(long_path, np.zeros(int(seconds * rate), np.int16), rate, subtype="PCM_16")
+    long = ManifestEntry(id="long", path=str(long_path), duration=seconds, sample_rate=rate, domain="audio")
+    report = extract_features(load_upstream("fbank"), entries + [long], tmp_path / "feats", progress=False)
+    assert report.extracted == 3 and list(report.failed) == ["long"]
+    assert "too long" in report.failed["long"] and f"max_duration={DEFAULT_MAX_DURATION}" in report.failed["long"]
+    assert sorted(FeatureStore(tmp_path / "feats").ids) == sorted(e.id for e in entries)
+    shortest = min(e.duration for e in entries)
+    out = tmp_path / "cli"
+    assert spear_main(["extract", "--model", "fbank", "--manifest", str(manifest), "--layers", "last",
+                       "--out", str(out), "--max-duration", str(shortest * 1.01)]) == 0
+    failed = json.loads((out / "failed.json").read_text())
+    assert sorted(failed) == sorted(e.id for e in entries if e.duration > shortest * 1.01)
+    assert all("too long" in reason for reason in failed.values())
+
+
 def test_extract_command(tmp_path, seed):
     manifest, entries = _corpus(tmp_path, seed, count=3)
     out = tmp_path / "cli"

@@ -1,6 +1,7 @@
 """Weighted-layer probes: metrics by hand, known answers (separable / random labels / one informative
 layer), early stopping, determinism, tasks as data, and `spear probe` end to end on sine tones."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from spear_fast.eval.probe import (
     format_table,
     frame_label_indexes,
     one_layer,
+    run_probes,
+    subset_scores,
     train_probe,
 )
 from spear_fast.eval.tasks import load_task, make_task
@@ -132,7 +135,7 @@ def _tone_corpus(tmp_path, seed, per_class=14, duration=0.25, frame_task=False):
     return manifest
 
 
-def test_probe_command_on_tones(tmp_path, seed):
+def test_probe_command_on_tones(tmp_path, seed, capsys):
     manifest = _tone_corpus(tmp_path, seed, per_class=20)
     tones = make_task(manifest, tmp_path / "tones", label_field="meta.tone", seed=seed)
     noise = make_task(manifest, tmp_path / "noise", label_field="meta.noise", seed=seed)  # labels unrelated to audio
@@ -163,8 +166,9 @@ def test_probe_command_on_tones(tmp_path, seed):
     other = dict(results, model="other", tasks={"tones": results["tasks"]["tones"]})
     table = format_table([results, other]).splitlines()
     assert table[0].split() == ["model", "tones", "mean"]  # only the task both have
-    tones = 100 * results["tasks"]["tones"]["test"]["accuracy"]
-    assert table[1].split() == ["fbank", f"{tones:.1f}", f"{tones:.1f}"] and table[2].split()[0] == "other"
+    accuracy, count = results["tasks"]["tones"]["test"]["accuracy"], results["tasks"]["tones"]["counts"]["test"]
+    cell = f"{100 * accuracy:.1f}±{100 * math.sqrt(accuracy * (1 - accuracy) / count):.1f}"  # binomial error
+    assert table[1].split() == ["fbank", cell, cell] and table[2].split()[0] == "other"
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert spear_main(["probe-table", str(out), str(tmp_path / "other.json")]) == 0
 
@@ -172,8 +176,9 @@ def test_probe_command_on_tones(tmp_path, seed):
     layer_out = tmp_path / "layer0.json"
     assert spear_main(argv[:5] + ["--out", str(layer_out), "--layer", "0"] + argv[9:]) == 0
     assert json.loads(layer_out.read_text())["probe"]["layer"] == 0
-    with pytest.raises(ValueError, match="probe layer 1 does not exist: fbank exposes 1 hidden states"):
-        spear_main(argv[:5] + ["--out", str(tmp_path / "layer1.json"), "--layer", "1"] + argv[9:])
+    capsys.readouterr()
+    assert spear_main(argv[:5] + ["--out", str(tmp_path / "layer1.json"), "--layer", "1"] + argv[9:]) == 2
+    assert "probe layer 1 does not exist: fbank exposes 1 hidden states" in capsys.readouterr().err
 
 
 def test_frame_level_task(tmp_path, seed):
@@ -227,3 +232,40 @@ def test_make_task_command_with_a_split_field(tmp_path, seed):
     write_manifest(tmp_path / "m.jsonl", entries)
     with pytest.raises(ValueError, match="part='dev'"):
         make_task(tmp_path / "m.jsonl", tmp_path / "bad", label_field="meta.who", split_field="meta.part")
+
+
+def test_subset_scores_by_hand(seed):
+    generator = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, 4, (120,), generator=generator)
+    pred = torch.where(torch.rand(120, generator=generator) < 0.5, target, torch.randint(0, 4, (120,), generator=generator))
+    names = [["real", "synthetic"][int(b)] for b in torch.rand(120, generator=generator) < 0.7]
+    scores = subset_scores(pred, ProbeData(torch.zeros(120, 1, 2), target, names), num_classes=4)
+    assert set(scores) == set(names)
+    for name, got in scores.items():
+        rows = [i for i, n in enumerate(names) if n == name]
+        assert got["count"] == len(rows)
+        assert got["accuracy"] == pytest.approx(sum(int(pred[i] == target[i]) for i in rows) / len(rows), abs=1e-12)
+    assert subset_scores(pred, ProbeData(torch.zeros(120, 1, 2), target), num_classes=4) == {}
+
+
+def test_subset_field_scores_the_test_split_per_subset(tmp_path, seed):
+    """A task whose rows name a subset: the probe reports each subset's test accuracy, and the
+    count-weighted mean of the subsets is the overall accuracy; a row without the field is refused."""
+    manifest = _tone_corpus(tmp_path, seed, per_class=12)
+    directory = make_task(manifest, tmp_path / "tones", label_field="meta.tone", seed=seed)
+    record = json.loads((directory / "task.json").read_text())
+    (directory / "task.json").write_text(json.dumps(dict(record, subset_field="meta.noise")))
+    task = load_task(directory)
+    assert task.subsets("test") == [e.meta["noise"] for e in task.splits["test"]]
+    results = run_probes("fbank", [directory], tmp_path / "out.json", ProbeConfig(epochs=30, patience=30, seed=seed))
+    tones = results["tasks"]["tones"]
+    subsets = tones["test_subsets"]
+    assert sum(s["count"] for s in subsets.values()) == tones["counts"]["test"]
+    weighted = sum(s["accuracy"] * s["count"] for s in subsets.values()) / tones["counts"]["test"]
+    assert weighted == pytest.approx(tones["test"]["accuracy"], abs=1e-9)
+    (directory / "task.json").write_text(json.dumps(dict(record, subset_field="meta.speaker")))
+    with pytest.raises(ValueError, match="no field 'meta.speaker'"):
+        load_task(directory)
+    (directory / "task.json").write_text(json.dumps(dict(record, subset_field=3)))
+    with pytest.raises(ValueError, match="subset_field must be"):
+        load_task(directory)

@@ -58,7 +58,7 @@ def test_random_student_is_seeded(seed):
 
 def test_checkpoint_and_export_give_the_ema_student(tmp_path, seed):
     from spear_fast.cli import main as spear_main
-    from spear_fast.train.checkpoint import load_checkpoint
+    from spear_fast.checkpoint import load_checkpoint
     from spear_fast.train.config import train_config_from_dict
     from spear_fast.train.main import run
     from spear_fast.train.synthetic import train_argv, write_synthetic_corpus

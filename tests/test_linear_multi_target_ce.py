@@ -11,27 +11,13 @@ from kernels._backend import HAS_TRITON
 from kernels.linear_multi_target_ce import (
     ce_chunk_torch,
     linear_multi_target_ce,
-    linear_multi_target_ce_reference,
+    linear_multi_target_ce_torch,
 )
+from kernels.oracles import linear_multi_target_ce_float64 as oracle
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-def oracle(hidden, weight, targets, frame_weights, bias=None, reduction="sum"):
-    """float64: full (F, N*K) logits, F.cross_entropy per (frame, codebook), mean over N, weighted."""
-    num_frames, num_codebooks = targets.shape
-    K = weight.shape[0] // num_codebooks
-    logits = hidden.double() @ weight.double().t()  # (F, N*K)
-    if bias is not None:
-        logits = logits + bias.double()
-    ce = F.cross_entropy(
-        logits.reshape(num_frames * num_codebooks, K), targets.reshape(-1).long(),
-        ignore_index=-100, reduction="none",
-    ).view(num_frames, num_codebooks)  # (F, N)
-    per_frame = frame_weights.double() * ce.sum(1) / num_codebooks  # (F,)
-    return per_frame.sum() if reduction == "sum" else per_frame
 
 
 def make_inputs(gen, num_frames, dim, num_codebooks, K, dtype, with_bias=True, requires_grad=True):
@@ -142,7 +128,7 @@ def test_triton_kernel_online_lse_matches_float64(seed, K, block_k):
 def test_twin_matches_float64_realistic_size(seed, reduction):
     gen = torch.Generator().manual_seed(seed)
     inputs = make_inputs(gen, 2000, 256, 8, 256, torch.float32)
-    check_against_oracle(linear_multi_target_ce_reference, inputs, reduction, 1e-5, gen)
+    check_against_oracle(linear_multi_target_ce_torch, inputs, reduction, 1e-5, gen)
 
 
 def test_cpu_dispatch_is_the_twin_and_chunking_does_not_matter(seed):
@@ -176,7 +162,7 @@ def test_every_frame_active_path(seed, use_triton, dtype):
 def test_twin_low_precision(seed, dtype):
     gen = torch.Generator().manual_seed(seed)
     inputs = make_inputs(gen, 200, 32, 4, 64, dtype)
-    check_against_oracle(linear_multi_target_ce_reference, inputs, "sum", 1e-2, gen)
+    check_against_oracle(linear_multi_target_ce_torch, inputs, "sum", 1e-2, gen)
 
 
 def test_twin_chunk_step_in_place():

@@ -13,42 +13,18 @@ from kernels.mvq_search import (
     RESIDUAL_CONFIG,
     MVQSearchResult,
     mvq_search,
-    mvq_search_reference,
+    mvq_search_torch,
     mvq_search_triton,
     search_block_k,
 )
+from kernels.oracles import mvq_search_errors_explicit as explicit_oracle
+from kernels.oracles import mvq_search_errors_float64 as expanded_oracle
+from kernels.oracles import mvq_search_targets_float64 as targets_float64
 
 FP32_TOL = 1e-5  # DESIGN.md: fp32 rel err < 1e-5
 
 
 # ---------------------------------------------------------------------------------- oracles
-
-
-def targets_float64(frames: torch.Tensor, centers: torch.Tensor, indexes: torch.Tensor | None) -> torch.Tensor:
-    """Per-codebook targets t (B, N, D) in float64: x, or C[n, z_n] - e with e = sum_m C[m, z_m] - x."""
-    x = frames.double()  # (B, D)
-    c = centers.double()  # (N, K, D)
-    num_codebooks = c.shape[0]
-    if indexes is None:
-        return x.unsqueeze(1).expand(-1, num_codebooks, -1)
-    current = c[torch.arange(num_codebooks).unsqueeze(0), indexes.long()]  # (B, N, D) C[n, z_bn]
-    residual = current.sum(dim=1) - x  # (B, D) e
-    return current - residual.unsqueeze(1)
-
-
-def explicit_oracle(frames, centers, indexes=None) -> torch.Tensor:
-    """errors (B, N, K) float64 by the definition: materialises (B, N, K, D), small sizes only."""
-    t = targets_float64(frames, centers, indexes)  # (B, N, D)
-    return (t.unsqueeze(2) - centers.double().unsqueeze(0)).square().sum(dim=-1)
-
-
-def expanded_oracle(frames, centers, indexes=None) -> torch.Tensor:
-    """errors (B, N, K) float64 via ||t||^2 + ||c||^2 - 2<t, c> (float64 makes the cancellation
-    harmless); for realistic sizes where (B, N, K, D) would not fit."""
-    t = targets_float64(frames, centers, indexes).transpose(0, 1)  # (N, B, D)
-    c = centers.double()  # (N, K, D)
-    out = t.square().sum(-1, keepdim=True) + c.square().sum(-1).unsqueeze(1) - 2 * torch.bmm(t, c.transpose(1, 2))
-    return out.transpose(0, 1)  # (B, N, K)
 
 
 def check_against_oracle(result: MVQSearchResult, oracle: torch.Tensor, cut: int, tol: float) -> None:
@@ -171,7 +147,7 @@ def test_ties_break_to_lowest_index(path, with_indexes, seed):
         pytest.skip("triton is not installed")
     generator = torch.Generator().manual_seed(seed)
     frames, centers, indexes = tied_problem(with_indexes, generator)
-    search = mvq_search_triton if path == "triton" else mvq_search_reference
+    search = mvq_search_triton if path == "triton" else mvq_search_torch
     result = search(frames, centers, indexes, cut=16)
     # Duplicated centres must give bit-identical errors, or the tie test would test nothing.
     assert torch.equal(result.errors[..., :8], result.errors[..., 8:])
@@ -193,7 +169,7 @@ def test_twin_realistic_size(with_indexes, seed):
         frames, centers, indexes = near_fit_problem(500, 16, 256, 1024, generator)
     else:
         frames, centers, indexes = random_problem(500, 16, 256, 1024, torch.float32, False, generator)
-    result = mvq_search_reference(frames, centers, indexes, cut=32)
+    result = mvq_search_torch(frames, centers, indexes, cut=32)
     check_against_oracle(result, expanded_oracle(frames, centers, indexes), 32, FP32_TOL)
 
 
@@ -208,7 +184,7 @@ def test_twin_small_and_chunked(with_indexes, dtype, seed, monkeypatch):
     monkeypatch.setattr(module, "TWIN_CHUNK_ELEMENTS", 2 * 4 * 24)
     generator = torch.Generator().manual_seed(seed)
     frames, centers, indexes = random_problem(37, 4, 16, 24, dtype, with_indexes, generator)
-    result = mvq_search_reference(frames, centers, indexes, cut=6)
+    result = mvq_search_torch(frames, centers, indexes, cut=6)
     check_against_oracle(result, explicit_oracle(frames, centers, indexes), 6, FP32_TOL)  # upcast semantics
 
 
@@ -222,18 +198,18 @@ def test_dispatch_cpu_uses_twin_and_accepts_uint8_tokens(seed):
     generator = torch.Generator().manual_seed(seed)
     frames, centers, indexes = random_problem(11, 4, 16, 8, torch.float32, True, generator)
     via_op = mvq_search(frames, centers, indexes.to(torch.uint8), cut=2)
-    twin = mvq_search_reference(frames, centers, indexes, cut=2)
+    twin = mvq_search_torch(frames, centers, indexes, cut=2)
     for got, want in zip(via_op, twin):
         assert torch.equal(got, want)
     plain = mvq_search(frames, centers)
     assert plain.top_errors is None and plain.top_indexes is None
-    assert torch.equal(plain.errors, mvq_search_reference(frames, centers).errors)
+    assert torch.equal(plain.errors, mvq_search_torch(frames, centers).errors)
 
 
 # ------------------------------------------------------------------------- validation, empty
 
 
-SEARCHES = [mvq_search, mvq_search_reference] + ([mvq_search_triton] if HAS_TRITON else [])
+SEARCHES = [mvq_search, mvq_search_torch] + ([mvq_search_triton] if HAS_TRITON else [])
 
 
 @pytest.mark.parametrize("search", SEARCHES, ids=lambda f: f.__name__)
@@ -384,9 +360,9 @@ def test_twin_ignores_an_enclosing_autocast_region(seed):
     # The op promises fp32 errors: a caller's bf16 autocast must not reach its GEMMs.
     generator = torch.Generator().manual_seed(seed)
     frames, centers, indexes = random_problem(200, 4, 256, 64, torch.float32, True, generator)
-    plain = mvq_search_reference(frames, centers, indexes)
+    plain = mvq_search_torch(frames, centers, indexes)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = mvq_search_reference(frames, centers, indexes)
+        under_autocast = mvq_search_torch(frames, centers, indexes)
     assert under_autocast.errors.dtype == torch.float32
     torch.testing.assert_close(under_autocast.errors, plain.errors, rtol=1e-6, atol=1e-5)
     assert torch.equal(under_autocast.best, plain.best)

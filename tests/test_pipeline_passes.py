@@ -193,6 +193,138 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(corpus, tmp_path
         np.testing.assert_array_equal(store[utt_id], reference[utt_id], err_msg=utt_id)
 
 
+class _FailingOn:
+    """Wraps a teacher; raises like a device running out of memory whenever the batch holds the clip
+    of `samples` samples (the same clip fails alone too: a teacher failure, not a batch-size one)."""
+
+    def __init__(self, teacher, samples):
+        self.teacher, self.samples = teacher, samples
+
+    def __getattr__(self, name):
+        return getattr(self.teacher, name)
+
+    def __call__(self, waves, lengths):
+        if self.samples in lengths.tolist():
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.teacher(waves, lengths)
+
+
+@pytest.mark.parametrize("job", ["tokenize", "collect"])
+def test_a_teacher_failure_stops_the_pass_naming_the_clip_and_a_rerun_resumes(job, corpus, tmp_path, monkeypatch):
+    from spear_fast import teachers
+    from spear_fast.pipeline.clips import TeacherError
+
+    manifest, spec, q_path, good = corpus
+    entries = {e.id: e for e in read_manifest(manifest)}
+    batches = [[e for e in b if e.id in good] for b in duration_batches(list(entries.values()), 1.3)]
+    batches = [b for b in batches if b]
+    order = [e for b in batches for e in b]
+    victim = order[len(order) // 2]
+    # the batches before the victim's are done and committed when it fails; its own batch fails whole
+    before = {e.id for b in batches[: next(i for i, b in enumerate(batches) if victim in b)] for e in b}
+    samples = load_audio(victim.path, 16000)[0].numel()
+    real = teachers.load_teacher
+    monkeypatch.setattr(teachers, "load_teacher", lambda s, device="cpu": _FailingOn(real(s, device), samples))
+    out = tmp_path / job
+    run = (lambda: _tokenize(corpus, out, batch_seconds=1.3, shard_frames=10_000)) if job == "tokenize" else (
+        lambda: _collect(corpus, out, batch_seconds=1.3, part_frames=100_000))
+    with pytest.raises(TeacherError, match=f"clip {victim.id!r}.*out of memory"):
+        run()
+    # nothing was recorded as skipped for the teacher's sake, and the clips before it were committed
+    report = out / ("skipped-w0000of0001.jsonl")
+    assert victim.id not in {r.id for r in read_report(report)}
+    if job == "tokenize":
+        committed = {i for p in (out / "shards").glob("*.json") for i in json.loads(p.read_text())["ids"]}
+    else:
+        committed = set(json.loads((out / "collect-w0000of0001.json").read_text())["done"])
+    assert committed == before
+
+    monkeypatch.setattr(teachers, "load_teacher", real)
+    summary = run()
+    assert summary.finalized and summary.already_done == len(committed) and summary.skipped == len(BAD)
+    if job == "tokenize":
+        assert sorted(TokenStore(out).ids) == sorted(good)
+    else:
+        assert summary.collected_clips == len(good) - len(committed)
+
+
+def test_a_rerun_repairs_a_store_that_lost_a_shard(corpus, tmp_path):
+    """Every clip of the manifest ends in a shard or in the skip report: a rerun re-tokenizes the clips
+    of a lost shard, also when the finished marker, meta.json and index.npz say otherwise."""
+    manifest, spec, q_path, good = corpus
+    out = tmp_path / "tok"
+    _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50)
+    shards = sorted((out / "shards").glob("*.json"))
+    assert len(shards) >= 3
+    lost = set(json.loads(shards[1].read_text())["ids"])
+    shards[1].unlink()
+    shards[1].with_suffix(".npy").unlink()
+    again = _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50)  # meta.json and index.npz kept
+    assert again.finalized and again.tokenized == len(lost)
+    assert sorted(TokenStore(out).ids) == sorted(good)
+
+    lost = set(json.loads(shards[0].read_text())["ids"])
+    for path in (shards[0], shards[0].with_suffix(".npy"), out / "meta.json", out / "index.npz"):
+        path.unlink()
+    again = _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50)
+    assert again.finalized and again.tokenized == len(lost)
+    store = TokenStore(out)
+    assert sorted(store.ids) == sorted(good)
+    reference = _reference_tokens(corpus, refine_iters=1)
+    for utt_id in lost:
+        np.testing.assert_array_equal(store[utt_id], reference[utt_id], err_msg=utt_id)
+    assert sorted(r.id for r in read_report(out / "skipped.jsonl")) == sorted(BAD)
+
+
+def test_finalize_refuses_a_store_missing_clips_of_a_worker(corpus, tmp_path):
+    """--finalize with every marker present but a shard gone names the clips and the worker to rerun,
+    and removes that worker's marker, so its rerun tokenizes exactly the lost clips."""
+    from spear_fast.errors import UserError
+    from spear_fast.pipeline.tokenize import finalize_tokens
+
+    manifest, spec, q_path, good = corpus
+    out = tmp_path / "tok"
+    for worker in ((0, 2), (1, 2)):
+        _tokenize(corpus, out, worker=worker, batch_seconds=1.3, shard_frames=50)
+    victim = sorted((out / "shards").glob("w0000of0002-*.json"))[0]
+    lost = json.loads(victim.read_text())["ids"]
+    victim.unlink()
+    victim.with_suffix(".npy").unlink()
+    (out / "meta.json").unlink()
+    with pytest.raises(UserError, match="in no shard and no skip report.*--shard 0/2 ") as caught:
+        finalize_tokens(out, 2, manifest=manifest)
+    assert any(repr(utt_id) in str(caught.value) for utt_id in lost), str(caught.value)
+    assert "--shard 1/2" not in str(caught.value)
+    assert not (out / "meta.json").exists() and not (out / "workers" / "w0000of0002.json").exists()
+    assert _tokenize(corpus, out, worker=(0, 2), batch_seconds=1.3, shard_frames=50).tokenized == len(lost)
+    assert sorted(TokenStore(out).ids) == sorted(good)
+
+
+def test_encoding_settings_are_part_of_the_store(corpus, tmp_path, monkeypatch):
+    """refine_iters and the teacher spec are in meta.json; resuming with another value is refused, naming
+    it, instead of mixing two encodings in one store."""
+    from spear_fast import teachers
+    from spear_fast.errors import UserError
+
+    manifest, spec, q_path, good = corpus
+    out = tmp_path / "tok"
+    real = teachers.load_teacher
+    monkeypatch.setattr(teachers, "load_teacher", lambda s, device="cpu": _Interrupting(real(s, device), stop=3))
+    with pytest.raises(KeyboardInterrupt):
+        _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50, refine_iters=1)
+    monkeypatch.setattr(teachers, "load_teacher", real)
+    assert list((out / "shards").glob("*.json")), "the interrupted run should have committed a shard"
+    with pytest.raises(UserError, match="refine_iters: 2 vs 1"):  # this run's vs the store's
+        _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50, refine_iters=2)
+    _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50, refine_iters=1)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["refine_iters"] == 1 and meta["teacher_spec"] == spec
+    with pytest.raises(UserError, match="refine_iters: 5 vs 1"):  # a finished store, too
+        _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50, refine_iters=5)
+    with pytest.raises(UserError, match="teacher_spec: .*dtype=fp32.* vs "):
+        _tokenize(corpus, out, batch_seconds=1.3, shard_frames=50, refine_iters=1, teacher=spec + "&dtype=fp32")
+
+
 def test_shards_combine_into_one_store_via_cli(corpus, tmp_path):
     manifest, spec, q_path, good = corpus
     common = ["tokenize", "--manifest", str(manifest), "--teacher", spec, "--quantizer", str(q_path),

@@ -16,6 +16,18 @@ def test_parse_string_and_dict():
     assert as_dict == TeacherSpec("dasheng", "/m/d.pt", 40, {"dtype": "bf16"})
 
 
+def test_identity_is_one_spelling_per_teacher(tmp_path, monkeypatch):
+    """A token store records TeacherSpec.identity(): a relative path and reordered options name the
+    same teacher; another layer or option does not."""
+    monkeypatch.chdir(tmp_path)
+    relative = TeacherSpec.parse("wavlm:models/w?dtype=fp32&layer=3&context=10")
+    absolute = TeacherSpec.parse(f"wavlm:{tmp_path}/models/w?layer=3&context=10&dtype=fp32")
+    assert relative.identity() == absolute.identity() == f"wavlm:{tmp_path}/models/w?layer=3&context=10&dtype=fp32"
+    assert TeacherSpec.parse(f"wavlm:{tmp_path}/models/w?layer=4&context=10&dtype=fp32").identity() != absolute.identity()
+    assert TeacherSpec.parse(f"wavlm:{tmp_path}/models/w?layer=3&context=20&dtype=fp32").identity() != absolute.identity()
+    assert TeacherSpec.parse("whisper-demo").identity() == "whisper-demo"
+
+
 @pytest.mark.parametrize("bad", ["wavelm:/x", "", {"path": "/x"}, 3, "hubert:/x?layer"])
 def test_bad_specs(bad):
     with pytest.raises(ValueError):

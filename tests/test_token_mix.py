@@ -16,8 +16,10 @@ from kernels.token_mix import (
     hash_uniforms,
     teacher_key,
     token_mix,
-    token_mix_reference,
+    token_mix_torch,
 )
+from kernels.oracles import token_mix_float64
+from kernels.oracles import uniforms_clear_of_beta as uniforms_away_from
 
 SR = 16000
 RATES = (50.0, 25.0)  # two teachers: 320 and 640 samples per frame
@@ -101,17 +103,6 @@ def by_hand(waves, plan, targets, rates, uniforms):
     return out, tuple(out_targets), torch.tensor(gain, dtype=torch.float64), torch.tensor(beta, dtype=torch.float64)
 
 
-def uniforms_away_from(gen, targets, beta_by_snr: torch.Tensor):
-    """Explicit draws kept 1e-3 away from each row's beta, so fp32 vs float64 beta cannot flip a swap."""
-    out = []
-    for tgt in targets:
-        u = torch.rand(tgt.shape, generator=gen)
-        b = beta_by_snr.float()[:, None, None]
-        near = (u - b).abs() < 1e-3
-        out.append(torch.where(near, (b + 2e-3) % 1.0, u))
-    return tuple(out)
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
@@ -142,7 +133,7 @@ def test_matches_by_hand_with_explicit_uniforms(seed, path, dtype, tol):
     if path == "triton":
         out = token_mix(waves, lens, plan, targets, RATES, seed, uniforms=uniforms, use_triton=True)
     else:
-        out = token_mix_reference(waves, lens, plan, targets, RATES, seed, uniforms=uniforms)
+        out = token_mix_torch(waves, lens, plan, targets, RATES, seed, uniforms=uniforms)
     assert out.waves.dtype == dtype and out.waves.shape == waves.shape
     assert rel_err(out.waves, ref_w) < tol
     assert rel_err(out.gain, ref_g) < 1e-5 and rel_err(out.beta, ref_b) < 1e-5
@@ -153,6 +144,24 @@ def test_matches_by_hand_with_explicit_uniforms(seed, path, dtype, tol):
     assert sum(int((g != t).sum()) for g, t in zip(out.targets, targets)) > 0
 
 
+def test_float64_oracle_matches_by_hand(seed):
+    """kernels.oracles.token_mix_float64 (one row at a time, vectorised over frames; what the GPU
+    check compares the kernels with at full size) against the per-entry loops above."""
+    gen = torch.Generator().manual_seed(seed)
+    waves, lens, targets = make_batch(gen, LENGTHS, codebooks=(3, 5))
+    waves[4, 301:941] = 0.0  # row 4's overlap window silent: no mixing, no swaps
+    plan = make_plan(*PLAN)
+    uniforms = tuple(torch.rand(t.shape, generator=gen) for t in targets)  # any draws: both take the same
+    want_w, want_t, want_g, want_b = by_hand(waves, plan, targets, RATES, uniforms)
+    got_w, got_t, got_g, got_b = token_mix_float64(waves, plan, targets, RATES, uniforms, sample_rate=SR)
+    assert got_w.dtype == torch.float64 and rel_err(got_w, want_w) < 1e-12
+    assert rel_err(got_g, want_g) < 1e-12 and rel_err(got_b, want_b) < 1e-12
+    assert got_g[4] == 0 and got_g[0] > 0
+    for got, want, original in zip(got_t, want_t, targets):
+        assert torch.equal(got, want)
+        assert not torch.equal(got, original)  # the plan swaps tokens in both teachers
+
+
 @needs_triton
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
 def test_triton_matches_twin_with_seed(seed, dtype, tol):
@@ -160,7 +169,7 @@ def test_triton_matches_twin_with_seed(seed, dtype, tol):
     waves, lens, targets = make_batch(gen, LENGTHS, dtype)
     plan = make_plan(*PLAN)
     triton_out = token_mix(waves, lens, plan, targets, RATES, seed, use_triton=True)
-    twin_out = token_mix_reference(waves, lens, plan, targets, RATES, seed)
+    twin_out = token_mix_torch(waves, lens, plan, targets, RATES, seed)
     assert rel_err(triton_out.waves, twin_out.waves) < tol
     assert rel_err(triton_out.gain, twin_out.gain) < 1e-5
     assert torch.equal(triton_out.beta, twin_out.beta)  # beta is a function of the SNR only
@@ -173,7 +182,7 @@ def test_cpu_dispatch_is_the_twin(seed):
     waves, lens, targets = make_batch(gen, LENGTHS)
     plan = make_plan(*PLAN)
     a = token_mix(waves, lens, plan, targets, RATES, seed, use_triton=False)
-    b = token_mix_reference(waves, lens, plan, targets, RATES, seed)
+    b = token_mix_torch(waves, lens, plan, targets, RATES, seed)
     assert torch.equal(a.waves, b.waves) and all(torch.equal(x, y) for x, y in zip(a.targets, b.targets))
 
 
@@ -182,7 +191,7 @@ def test_achieved_snr_and_untouched_outside(seed, path):
     gen = torch.Generator().manual_seed(seed)
     waves, lens, targets = make_batch(gen, LENGTHS)
     plan = make_plan(*PLAN)
-    run = (lambda **kw: token_mix(**kw, use_triton=True)) if path == "triton" else token_mix_reference
+    run = (lambda **kw: token_mix(**kw, use_triton=True)) if path == "triton" else token_mix_torch
     out = run(waves=waves, lengths=lens, plan=plan, targets=targets, frame_rates=RATES, seed=seed)
     added = out.waves.double() - waves.double()  # (B, L) = g * partner inside the overlap
     for b, (p, o, n, snr) in enumerate(zip(*PLAN)):
@@ -218,7 +227,7 @@ def test_swap_rate_matches_beta_twin(seed):
     targets = torch.randint(0, 256, (B, T, N), generator=gen)
     snr = torch.rand(B, generator=gen) * 10 - 5
     plan = TokenMixPlan(torch.roll(torch.arange(B), 1), torch.zeros(B, dtype=torch.long), lens.clone(), snr)
-    out = token_mix_reference(waves, lens, plan, (targets,), (50.0,), seed)
+    out = token_mix_torch(waves, lens, plan, (targets,), (50.0,), seed)
     partner_tokens = targets[plan.partner]  # full overlap, zero offset: frame f aligns with f
     differ = partner_tokens != targets  # (B, T, N) entries where a swap is visible
     swapped = out.targets[0] == partner_tokens
@@ -240,7 +249,7 @@ def test_swap_rate_matches_beta_triton(seed):
     targets = torch.randint(0, 256, (B, T, N), generator=gen)
     plan = make_plan([1, 0, 0], [0, 0, 4001], [L, L, 8000], [0.0, -3.0, 1.0])
     out = token_mix(waves, lens, plan, (targets,), (50.0,), seed, use_triton=True)
-    twin = token_mix_reference(waves, lens, plan, (targets,), (50.0,), seed)
+    twin = token_mix_torch(waves, lens, plan, (targets,), (50.0,), seed)
     assert torch.equal(out.targets[0], twin.targets[0])  # bit-exact across blocks and offsets
     partner_tokens = targets[plan.partner]
     differ = partner_tokens != targets
@@ -281,7 +290,7 @@ def edge_paths():
 def run_path(path, *args, **kwargs):
     if path == "triton":
         return token_mix(*args, **kwargs, use_triton=True)
-    return token_mix_reference(*args, **kwargs)
+    return token_mix_torch(*args, **kwargs)
 
 
 @pytest.mark.parametrize("path", edge_paths())
@@ -343,11 +352,11 @@ def test_int32_int16_targets_and_bf16_twin(seed):
     gen = torch.Generator().manual_seed(seed)
     waves, lens, targets = make_batch(gen, LENGTHS)
     plan = make_plan(*PLAN)
-    ref = token_mix_reference(waves, lens, plan, targets, RATES, seed)
+    ref = token_mix_torch(waves, lens, plan, targets, RATES, seed)
     for dtype in (torch.int32, torch.int16):
-        out = token_mix_reference(waves, lens, plan, tuple(t.to(dtype) for t in targets), RATES, seed)
+        out = token_mix_torch(waves, lens, plan, tuple(t.to(dtype) for t in targets), RATES, seed)
         assert all(o.dtype == dtype and torch.equal(o.long(), r) for o, r in zip(out.targets, ref.targets))
-    out = token_mix_reference(waves.bfloat16(), lens, plan, targets, RATES, seed)
+    out = token_mix_torch(waves.bfloat16(), lens, plan, targets, RATES, seed)
     assert out.waves.dtype == torch.bfloat16 and rel_err(out.waves, ref.waves) < 1e-2
 
 
@@ -355,9 +364,9 @@ def test_seed_determinism(seed):
     gen = torch.Generator().manual_seed(seed)
     waves, lens, targets = make_batch(gen, [16000, 12001, 16000])  # ~1000 draws in the overlaps
     plan = make_plan([1, 2, 0], [0, 4000, 1], [12001, 8000, 15999], [0.0, 1.0, -1.0])
-    a = token_mix_reference(waves, lens, plan, targets, RATES, seed)
-    b = token_mix_reference(waves, lens, plan, targets, RATES, seed)
-    c = token_mix_reference(waves, lens, plan, targets, RATES, seed + 1)
+    a = token_mix_torch(waves, lens, plan, targets, RATES, seed)
+    b = token_mix_torch(waves, lens, plan, targets, RATES, seed)
+    c = token_mix_torch(waves, lens, plan, targets, RATES, seed + 1)
     assert all(torch.equal(x, y) for x, y in zip(a.targets, b.targets))
     assert any(not torch.equal(x, y) for x, y in zip(a.targets, c.targets))
     assert torch.equal(a.waves, c.waves)  # the seed drives the swaps only
@@ -453,7 +462,7 @@ def test_draw_plan_ranges_and_probability(seed):
     # And a drawn plan is valid for token_mix.
     waves = torch.randn(8, 3000, generator=gen)
     small = draw_token_mix_plan(torch.randint(1, 3001, (8,), generator=gen), gen, prob=1.0)
-    token_mix_reference(waves, torch.full((8,), 3000), small, (), (), seed)
+    token_mix_torch(waves, torch.full((8,), 3000), small, (), (), seed)
 
 
 def test_draw_plan_rejects_bad_arguments():
@@ -486,7 +495,7 @@ def test_torch_compile_fullgraph(seed):
     plan = make_plan(*PLAN)
     compiled = torch.compile(_Mixer(), fullgraph=True, backend="aot_eager")
     got = compiled(waves, lens, *plan, *targets)
-    ref = token_mix_reference(waves, lens, plan, targets, RATES, 11)
+    ref = token_mix_torch(waves, lens, plan, targets, RATES, 11)
     assert torch.equal(got[0], ref.waves * 2.0)
     assert torch.equal(got[1], ref.targets[0] + 1) and torch.equal(got[2], ref.targets[1])
     assert torch.equal(got[3], ref.beta)

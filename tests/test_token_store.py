@@ -1,6 +1,7 @@
 """spear_fast.data.token_store: round trip, resume after a crash, checksums, parallel workers, errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import pickle
@@ -194,3 +195,37 @@ def test_mismatches_and_bad_input(tmp_path, seed):
     with pytest.raises(ValueError, match="num_codebooks"):
         TokenStoreMeta(teacher="t", layer=None, frame_rate=25.0, num_codebooks=0, quantizer_hash="h")
     assert TokenStore(tmp_path, num_codebooks=6, teacher="wavlm-large", frame_rate=50.0)["a"].shape == (5, 6)
+
+
+def test_encoding_settings_in_meta_and_stores_written_before_them(tmp_path, seed):
+    """teacher_spec and refine_iters travel to meta.json and take part in the writer's check; a store
+    written before they were recorded still opens (both None)."""
+    rng = np.random.default_rng(seed)
+    meta = dataclasses.replace(make_meta(), teacher_spec="wavlm:/m?layer=21", refine_iters=5)
+    with TokenStoreWriter(tmp_path, meta) as writer:
+        writer.add("a", rng.integers(0, 256, (5, 6)))
+    store = finalize_token_store(tmp_path)
+    assert store.meta.teacher_spec == "wavlm:/m?layer=21" and store.meta.refine_iters == 5
+    with pytest.raises(TokenStoreError, match="refine_iters: 1 vs 5"):
+        TokenStoreWriter(tmp_path, dataclasses.replace(meta, refine_iters=1))
+    record = json.loads((tmp_path / "meta.json").read_text())
+    del record["teacher_spec"], record["refine_iters"]
+    (tmp_path / "meta.json").write_text(json.dumps(record))
+    old = TokenStore(tmp_path)
+    assert old.meta.teacher_spec is None and old.meta.refine_iters is None and old["a"].shape == (5, 6)
+    with pytest.raises(ValueError, match="refine_iters"):
+        dataclasses.replace(meta, refine_iters=-1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_corrupt_index_is_one_clear_error(tmp_path, seed, damage):
+    """A damaged index.npz gives a TokenStoreError naming the file and the repair, not a raw BadZipFile."""
+    rng = np.random.default_rng(seed)
+    with TokenStoreWriter(tmp_path, make_meta()) as writer:
+        writer.add("a", rng.integers(0, 256, (5, 6)))
+    finalize_token_store(tmp_path)
+    index = tmp_path / "index.npz"
+    data = index.read_bytes()
+    index.write_bytes(data[: len(data) // 2] if damage == "truncate" else rng.integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    with pytest.raises(TokenStoreError, match=f"{index}: not a readable index.*--finalize"):
+        TokenStore(tmp_path)

@@ -13,10 +13,12 @@ import torch
 from spear_fast.data.manifest import read_manifest, write_manifest
 from spear_fast.model.config import apply_overrides
 from spear_fast.model.student import SpearStudent
-from spear_fast.train import checkpoint as ckpt
+from spear_fast import checkpoint as ckpt
+from spear_fast.errors import UserError
 from spear_fast.train.config import train_config
-from spear_fast.train.main import main, run
-from spear_fast.train.metrics import read_log
+from spear_fast.cli import run_train, train_main
+from spear_fast.train.main import run
+from spear_fast.plot import read_log
 from spear_fast.train.schedule import lr_factor
 from spear_fast.train.synthetic import (
     TEST_OVERRIDES,
@@ -59,8 +61,8 @@ def test_print_config(capsys):
 ])
 def test_bad_config_is_rejected(argv, message, capsys):
     with pytest.raises(ValueError, match=message):
-        run(argv)
-    assert main(argv) == 2
+        run_train(argv)
+    assert train_main(argv) == 2
     assert message.split("'")[0] in capsys.readouterr().err
 
 
@@ -94,10 +96,59 @@ def test_bad_data_is_rejected_before_training(corpus, tmp_path):
     _expect(train_argv(corpus, out)[2:], "give both --manifest and --tokens", out)  # tokens, no manifest
 
 
+def test_a_corrupt_token_shard_is_refused_before_training(corpus, tmp_path):
+    """Every byte is a valid token, so a flipped one would train silently: the shard checksums are
+    checked once when the stores open, naming the shard and how to repair it."""
+    import shutil
+
+    stores = tmp_path / "tokens"
+    shutil.copytree(corpus.token_dirs["speech"], stores / "speech")
+    shard = sorted((stores / "speech" / "shards").glob("*.npy"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01  # the last token byte (the .npy header comes first)
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    argv = train_argv(corpus, out, "--max-steps", "1")
+    argv[argv.index(f"speech={corpus.token_dirs['speech']}")] = f"speech={stores / 'speech'}"
+    _expect(argv, f"{shard}: sha256 mismatch.*rerun `spear tokenize`.*spear verify-tokens", out)
+
+
+def test_a_batch_without_tokens_takes_no_optimiser_step(corpus, tmp_path, capsys):
+    """Clips kept without tokens (data.allow_missing_tokens) give a zero loss: a batch of only such clips
+    must not move the weights (weight decay, momentum); the step is skipped and counted."""
+    entries = read_manifest(corpus.manifest)
+    untokenized = [e.__class__(**{**e.to_dict(), "id": f"{e.id}-untokenized"}) for e in entries]
+    manifest = tmp_path / "untokenized.jsonl"
+    write_manifest(manifest, untokenized)
+    argv = train_argv(corpus, tmp_path / "run", "--max-steps", "2",
+                      overrides=["data.allow_missing_tokens=true", "optim.name=adamw"])
+    argv[argv.index(str(corpus.manifest))] = str(manifest)
+    result = run(argv)
+    records = read_log(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r.get("no_tokens") is True and r.get("skipped_update") is True for r in records), records
+    assert ckpt.load_checkpoint(result.checkpoint)["optimizer"]["state"] == {}  # AdamW never stepped
+    assert "2 step(s) had no clip with tokens" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["base", "large", "xlarge"])
+def test_a_big_preset_without_data_points_to_the_data_flags(preset, monkeypatch, tmp_path, capsys):
+    """Without --manifest/--tokens train.py runs the demo, sized for the tiny student: a bigger preset
+    stops at once with one line, before any demo data is built."""
+    from spear_fast.demo import run as demo_run
+
+    monkeypatch.setattr(demo_run, "demo_data", lambda args: pytest.fail("the demo data chain was started"))
+    argv = ["--preset", preset, "--out", str(tmp_path / "run"), "--demo-dir", str(tmp_path / "demo")]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--preset {preset} needs real data" in err and "--manifest" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+
+
 def test_missing_demo_pipeline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "spear_fast.pipeline.demo", None)  # import fails
     with pytest.raises(ValueError, match="demo pipeline is unavailable"):
-        run(["--out", str(tmp_path / "run")])
+        run_train(["--out", str(tmp_path / "run")])
 
 
 def test_single_teacher_ablation_uses_one_head(corpus, tmp_path):
@@ -144,6 +195,19 @@ def test_checkpoints_atomic_keep_last_and_safe_loading(tmp_path):
 
 class _NotAllowed:
     pass
+
+
+def test_milestone_checkpoints_are_kept(tmp_path):
+    for step in range(100, 1100, 100):
+        ckpt.save_checkpoint({"step": step}, tmp_path, step, keep_last=2, keep_every=300)
+    steps = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(tmp_path)]
+    assert steps == [300, 600, 900, 1000]  # the milestones, then the newest two (900 is both)
+    from spear_fast.eval.demo_report import milestone_checkpoints
+
+    final = tmp_path / "ckpt-00001000.pt"
+    probed = [ckpt.checkpoint_step(p) for p in milestone_checkpoints(tmp_path, final, keep_every=300)]
+    assert probed == [300, 600, 900]  # the trend's points: milestones only, not keep_last's extras
+    assert milestone_checkpoints(tmp_path, final, keep_every=0) == []
 
 
 def test_rng_state_round_trip(tmp_path):
@@ -231,3 +295,4 @@ def test_analytic_flops_match_torch_flop_counter():
     analytic = step_flops(config, lengths, 8 * 256)
     # the counter skips conv1's input gradient (the fbank needs none): a 1-channel conv, < 1 % of the total
     assert abs(analytic - attention - counter.get_total_flops()) < 0.01 * counter.get_total_flops()
+

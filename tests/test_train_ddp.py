@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from spear_fast.train.checkpoint import load_checkpoint
+from spear_fast.checkpoint import load_checkpoint
 from spear_fast.train.main import run
-from spear_fast.train.metrics import read_log
+from spear_fast.plot import read_log
 from spear_fast.train.synthetic import fresh_seed, train_argv, write_synthetic_corpus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,13 +6,13 @@ import dataclasses
 import pytest
 import torch
 
-from kernels.token_mix import draw_token_mix_plan, token_mix_reference
+from kernels.token_mix import draw_token_mix_plan, token_mix_torch
 from spear_fast.audio import fbank
 from spear_fast.cli import main as spear_main
 from spear_fast.model.pretrained import SpearModel
 from spear_fast.model.student import SpearStudent
 from spear_fast.train.augment import augment_batch
-from spear_fast.train.checkpoint import load_checkpoint
+from spear_fast.checkpoint import load_checkpoint
 from spear_fast.train.config import MixingConfig, train_config_from_dict
 from spear_fast.train.main import run
 from spear_fast.train.synthetic import fresh_seed, train_argv, write_synthetic_corpus
@@ -49,7 +49,8 @@ def test_export_round_trip(trained, tmp_path, ema):
     path, _ = trained
     out = tmp_path / "exported"
     assert spear_main(["export", str(path), str(out)] + ([] if ema else ["--no-ema"])) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "configuration_spear_fast.py", "model.safetensors",
+                                                     "modeling_spear_fast.py"]  # + transformers remote code
     model = SpearModel.from_pretrained(out)
     assert not model.training
     state = load_checkpoint(path)
@@ -94,7 +95,7 @@ def test_token_mixing_matches_the_kernel_and_noise_hits_its_snr(seed):
                         torch.Generator().manual_seed(seed), seed)
     plan = draw_token_mix_plan(lengths, torch.Generator().manual_seed(seed), prob=1.0, snr_range=(-5.0, 5.0),
                                overlap_range=(0.2, 0.5), full_overlap_prob=0.5)
-    want = token_mix_reference(waves, lengths, plan, (tokens,), (50.0,), seed)
+    want = token_mix_torch(waves, lengths, plan, (tokens,), (50.0,), seed)
     assert got.token_mixed == 4
     assert torch.equal(got.waves, want.waves) and torch.equal(got.targets["speech"], want.targets[0])
     assert not torch.equal(got.waves, waves)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from spear_fast.train.checkpoint import list_checkpoints, load_checkpoint
+from spear_fast.checkpoint import list_checkpoints, load_checkpoint
 from spear_fast.train.main import run
-from spear_fast.train.metrics import read_log
+from spear_fast.plot import read_log
 from spear_fast.train.synthetic import fresh_seed, train_argv, write_synthetic_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +45,13 @@ def test_loss_goes_down(corpus, tmp_path):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000  # matplotlib plot of the curves
     assert list_checkpoints(tmp_path / "run")[-1].name == "ckpt-00000015.pt"  # saved at the end
 
+
+def test_milestones_are_saved_and_kept_between_regular_saves(corpus, tmp_path):
+    argv = train_argv(corpus, tmp_path / "run", "--max-steps", "7",
+                      overrides=["checkpoint.every_steps=1000", "checkpoint.keep_every=3", "checkpoint.keep_last=1"])
+    assert run(argv).step == 7
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == [
+        "ckpt-00000003.pt", "ckpt-00000006.pt", "ckpt-00000007.pt"]  # the milestones, then the final save
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
@@ -79,12 +86,33 @@ def test_resume_repeats_the_uninterrupted_run(corpus, tmp_path):
         assert torch.equal(value, final_b["ema"][key]), key
 
 
+def test_resume_skips_a_damaged_newest_checkpoint(corpus, tmp_path, capsys):
+    """A truncated newest checkpoint does not block --resume (nor the demo, which resumes by itself):
+    the run goes on from the newest one that loads, naming the one it skipped and why."""
+    out = tmp_path / "run"
+    argv = train_argv(corpus, out, overrides=["checkpoint.every_steps=1", "checkpoint.keep_last=3"])
+    run(argv + ["--max-steps", "2"])
+    newest = list_checkpoints(out)[-1]
+    assert newest.name == "ckpt-00000002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])
+    capsys.readouterr()
+    result = run(argv + ["--resume", "--max-steps", "3"])
+    text = capsys.readouterr().out
+    assert "resumed from" in text and "ckpt-00000001.pt at step 1" in text
+    assert "skipped ckpt-00000002.pt" in text and "cannot be loaded" in text
+    assert result.step == 3 and load_checkpoint(result.checkpoint)["step"] == 3
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2, 3]
+
+
 def test_sigterm_saves_a_checkpoint_that_resumes(corpus, tmp_path):
+    """timeout, SLURM and Kubernetes send SIGTERM to the whole process group, DataLoader workers
+    included: the run still saves, and exits with 128 + 15 so a scheduler tells it from a finished one."""
     out = tmp_path / "run"
     argv = train_argv(corpus, out, overrides=["checkpoint.every_steps=1000", "data.num_workers=1"])
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *argv], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as under `timeout`
     log = out / "log.jsonl"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
@@ -92,10 +120,10 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the trainer and its DataLoader worker
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, output
-    assert "stopped by signal" in output
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by signal" in output and "Traceback" not in output
     saved = list_checkpoints(out)
     assert len(saved) == 1, output
     step = load_checkpoint(saved[0])["step"]

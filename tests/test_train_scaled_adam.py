@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from spear_fast.model.config import apply_overrides
-from spear_fast.train.checkpoint import load_checkpoint
+from spear_fast.checkpoint import load_checkpoint
 from spear_fast.train.config import OptimConfig, train_config
 from spear_fast.train.main import run
-from spear_fast.train.metrics import read_log
+from spear_fast.plot import read_log
 from spear_fast.train.scaled_adam import ScaledAdam
 from spear_fast.train.synthetic import fresh_seed, train_argv, write_synthetic_corpus
 

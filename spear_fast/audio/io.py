@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from spear_fast.errors import UserError
+
 from .resample import resample
 
 # Shortest output accepted by default: one 25 ms analysis window at 16 kHz. Anything shorter gives no
@@ -40,7 +42,7 @@ def _skip_frames(sound_file: sf.SoundFile, count: int) -> None:
         count -= got
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """A file that cannot be used as audio; `path` and `reason` are kept for reports."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -69,6 +71,12 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(path, "is a directory, not an audio file")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty file (0 bytes)")
+    try:  # libsndfile reports any file it cannot open as "System error.": name the cause from errno
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        cause = (error.strerror or os.strerror(error.errno or 0) or type(error).__name__).lower()
+        raise AudioError(path, f"{cause} (the file cannot be opened for reading)") from None
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
@@ -106,9 +114,9 @@ def load_audio(
     if target_sr is not None and (int(target_sr) != target_sr or target_sr <= 0):
         raise ValueError(f"load_audio: target_sr must be a positive integer or None, got {target_sr!r}")
     if offset < 0 or not math.isfinite(offset):
-        raise ValueError(f"load_audio: offset must be a finite number >= 0 s, got {offset!r} for {path}")
+        raise UserError(f"load_audio: offset must be a finite number >= 0 s, got {offset!r} for {path}")
     if duration is not None and (duration <= 0 or not math.isfinite(duration)):
-        raise ValueError(f"load_audio: duration must be a finite number > 0 s or None, got {duration!r} for {path}")
+        raise UserError(f"load_audio: duration must be a finite number > 0 s or None, got {duration!r} for {path}")
     info = audio_info(path)
     if info.num_frames == 0:
         raise AudioError(path, "zero-length audio (the header declares 0 samples)")

@@ -16,6 +16,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from spear_fast.errors import UserError
+
 
 class DurationBucketSampler(torch.utils.data.Sampler):
     """Yields lists of dataset indices; see the module docstring."""
@@ -114,6 +116,6 @@ class DurationBucketSampler(torch.utils.data.Sampler):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed:
-            raise ValueError(f"DurationBucketSampler: checkpoint was made with seed {state['seed']}, this run uses {self.seed}")
+            raise UserError(f"DurationBucketSampler: checkpoint was made with seed {state['seed']}, this run uses {self.seed}")
         self.epoch = state["epoch"]
         self._skip = state["batches_done"]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from spear_fast.atomic import atomic_open
+from spear_fast.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,15 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _split(spec: str, option: str) -> tuple[str, str]:
     domain, sep, path = spec.partition(":")
     if not sep or not path:
-        raise SystemExit(f"{option} expects DOMAIN:PATH, got {spec!r}")
+        raise UserError(f"{option} expects DOMAIN:PATH, got {spec!r}")
     return domain, path
 
 
 def run_manifest(args: argparse.Namespace) -> int:
-    from .manifest import ManifestError, manifest_from_dir, manifest_from_lhotse, write_manifest
+    from .manifest import manifest_from_dir, manifest_from_lhotse, write_manifest
 
     if not args.dir and not args.lhotse:
-        raise SystemExit("spear manifest: give at least one --dir DOMAIN:PATH or --lhotse DOMAIN:CUTS")
+        raise UserError("give at least one --dir DOMAIN:PATH or --lhotse DOMAIN:CUTS")
     entries, skipped = [], []
     for spec in args.dir:
         domain, path = _split(spec, "--dir")
@@ -56,10 +57,7 @@ def run_manifest(args: argparse.Namespace) -> int:
         found, bad = manifest_from_lhotse(path, domain)
         entries += found
         skipped += bad
-    try:
-        count = write_manifest(args.out, entries, relative_paths=args.relative_paths)
-    except ManifestError as error:
-        raise SystemExit(f"spear manifest: {error}") from error
+    count = write_manifest(args.out, entries, relative_paths=args.relative_paths)  # ManifestError is a UserError
     report = Path(f"{args.out}.skipped.jsonl")
     with atomic_open(report, "w", encoding="utf-8") as stream:
         for path, reason in skipped:

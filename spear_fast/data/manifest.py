@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from spear_fast.atomic import atomic_open
+from spear_fast.errors import UserError
 
 DOMAINS = ("speech", "audio")
 # File types manifest_from_dir picks up by default: those libsndfile decodes (spear_fast.audio.load_audio).
@@ -30,7 +31,7 @@ _FIELDS = ("id", "path", "duration", "sample_rate", "domain", "offset", "segment
 _REQUIRED = ("id", "path", "duration", "sample_rate", "domain")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest line or entry that breaks the format; the message names the file, line and field."""
 
 
@@ -129,11 +130,16 @@ def read_manifest(path: str | os.PathLike, *, resolve_paths: bool = True) -> lis
         raise ManifestError(f"{path}: manifest not found")
     entries: list[ManifestEntry] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            where = f"{path} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ManifestError(f"{where}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                                    f"{error.start + 1}); a manifest is JSON lines") from None
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
@@ -194,10 +200,10 @@ def manifest_from_dir(
     from spear_fast.audio import AudioError, audio_info
 
     if domain not in DOMAINS:
-        raise ValueError(f"manifest_from_dir: domain must be one of {DOMAINS}, got {domain!r}")
+        raise UserError(f"manifest_from_dir: domain must be one of {DOMAINS}, got {domain!r}")
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"manifest_from_dir: {root} is not a directory")
+        raise UserError(f"manifest_from_dir: {root} is not a directory")
     wanted = tuple(ext.lower() if ext.startswith(".") else "." + ext.lower() for ext in extensions)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
     stems: dict[str, int] = {}
@@ -243,7 +249,7 @@ def manifest_from_lhotse(cuts: Any, domain: str) -> tuple[list[ManifestEntry], l
     except ImportError as error:
         raise ImportError("manifest_from_lhotse needs lhotse: pip install lhotse urllib3") from error
     if domain not in DOMAINS:
-        raise ValueError(f"manifest_from_lhotse: domain must be one of {DOMAINS}, got {domain!r}")
+        raise UserError(f"manifest_from_lhotse: domain must be one of {DOMAINS}, got {domain!r}")
     if not isinstance(cuts, CutSet):
         cuts = CutSet.from_file(cuts)
     entries: list[ManifestEntry] = []

@@ -4,7 +4,8 @@ Format (version 1), a directory:
 
     meta.json                     written by finalize: format name + version, teacher, layer,
                                   frame_rate (Hz), num_codebooks (N), codebook_size (256),
-                                  quantizer_hash, dtype "uint8", num_utterances, num_frames, and per
+                                  quantizer_hash, teacher_spec, refine_iters (every setting that
+                                  changes the tokens), dtype "uint8", num_utterances, num_frames, and per
                                   shard: name, frames, utterances, sha256 of its .npy file
     index.npz                     written by finalize: ids (uint8: the ids' UTF-8 joined by "\n"),
                                   shard (int32), start (int64), length (int64), one row per utterance
@@ -29,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from spear_fast.atomic import atomic_open, atomic_write_json
+from spear_fast.errors import UserError
 
 FORMAT_NAME = "spear-fast token store"
 FORMAT_VERSION = 1
@@ -45,7 +48,7 @@ _SHARD_NAME = re.compile(r"^w(\d{4})of(\d{4})-(\d{6})$")
 _HASH_BLOCK = 1 << 22
 
 
-class TokenStoreError(ValueError):
+class TokenStoreError(UserError):
     """A missing, incomplete, corrupt or mismatched token store; the message names the file."""
 
 
@@ -59,6 +62,10 @@ class TokenStoreMeta:
     num_codebooks: int  # N: bytes per frame
     quantizer_hash: str  # identifies the MVQ quantiser (tokens of another quantiser are meaningless)
     codebook_size: int = 256
+    # How the frames were encoded; None in stores written before these were recorded. Tokens of another
+    # teacher spec (weights, layer, context, dtype) or of another number of refine passes differ.
+    teacher_spec: str | None = None  # TeacherSpec.identity() of the teacher
+    refine_iters: int | None = None  # MVQ refine passes of the encoding
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -73,18 +80,23 @@ class TokenStoreMeta:
             raise ValueError(f"TokenStoreMeta: quantizer_hash must be a non-empty string, got {self.quantizer_hash!r}")
         if not isinstance(self.codebook_size, int) or not 1 <= self.codebook_size <= 256:
             raise ValueError(f"TokenStoreMeta: codebook_size must be in [1, 256] (uint8 tokens), got {self.codebook_size!r}")
+        if self.teacher_spec is not None and (not isinstance(self.teacher_spec, str) or not self.teacher_spec):
+            raise ValueError(f"TokenStoreMeta: teacher_spec must be a non-empty string or None, got {self.teacher_spec!r}")
+        if self.refine_iters is not None and (isinstance(self.refine_iters, bool) or not isinstance(self.refine_iters, int)
+                                              or self.refine_iters < 0):
+            raise ValueError(f"TokenStoreMeta: refine_iters must be an int >= 0 or None, got {self.refine_iters!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, record: dict[str, Any], where: str) -> TokenStoreMeta:
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in record]
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in record and f.default is dataclasses.MISSING]
         if missing:
             raise TokenStoreError(f"{where}: missing meta field(s) {missing}")
         try:
-            return cls(**{name: record[name] for name in names})
+            return cls(**{f.name: record[f.name] for f in fields if f.name in record})
         except ValueError as error:
             raise TokenStoreError(f"{where}: {error}") from error
 
@@ -156,6 +168,11 @@ def _read_shard_index(path: Path) -> _ShardIndex:
     return shard
 
 
+def stored_ids(directory: str | os.PathLike) -> set[str]:
+    """Ids held by the complete shards of a (finalized or not) token store directory."""
+    return {utt_id for shard in _complete_shards(Path(directory)) for utt_id in shard.ids}
+
+
 def _complete_shards(directory: Path) -> list[_ShardIndex]:
     shard_dir = directory / "shards"
     if not shard_dir.is_dir():
@@ -222,7 +239,7 @@ class TokenStoreWriter:
             raise TokenStoreError(
                 f"{where}: the store holds other tokens than this writer's (writer vs stored: "
                 + "; ".join(differences)
-                + ")"
+                + "); use the store's settings, or another directory"
             )
 
     def __contains__(self, utt_id: str) -> bool:
@@ -406,11 +423,15 @@ class TokenStore:
         index_path = self.directory / "index.npz"
         if not index_path.is_file():
             raise TokenStoreError(f"{index_path}: not found")
-        with np.load(index_path, allow_pickle=False) as index:
-            self._ids = index["ids"].tobytes().decode("utf-8").split("\n")
-            self._shard_of = index["shard"]
-            self._start = index["start"]
-            self._length = index["length"]
+        try:
+            with np.load(index_path, allow_pickle=False) as index:
+                self._ids = index["ids"].tobytes().decode("utf-8").split("\n")
+                self._shard_of = index["shard"]
+                self._start = index["start"]
+                self._length = index["length"]
+        except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as error:
+            raise TokenStoreError(f"{index_path}: not a readable index ({type(error).__name__}: {error}); rebuild it "
+                                  f"from the shards: rerun the store's `spear tokenize` command with --finalize") from None
         if not len(self._ids) == len(self._shard_of) == len(self._start) == len(self._length) == record.get("num_utterances"):
             raise TokenStoreError(f"{index_path}: row counts disagree with each other or with meta.json")
         self._row = {utt_id: row for row, utt_id in enumerate(self._ids)}
@@ -470,7 +491,9 @@ class TokenStore:
             elif _sha256(path) != shard["sha256"]:
                 problems.append(f"{path}: sha256 mismatch (corrupt or modified since it was written)")
         if problems:
-            raise TokenStoreError("token store verification failed: " + "; ".join(problems))
+            raise TokenStoreError("token store verification failed: " + "; ".join(problems) + ". To repair: delete "
+                                  "each bad shard's .npy and .json and rerun `spear tokenize` with the store's "
+                                  "arguments (it tokenizes the missing clips again and finalizes the store)")
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers re-open the memory maps themselves
         state = self.__dict__.copy()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from spear_fast.errors import UserError
+
 from .audio_util import SAMPLE_RATE, to_mono
 
 # The 16 General MIDI program families (8 programs each, programs 0..127 in order).
@@ -135,7 +137,7 @@ def render_batch(clips: list[NoteClip], soundfont: str, workdir: str) -> list[np
     if not clips:
         return []
     if not os.path.isfile(soundfont):  # fluidsynth would silently fall back to a default soundfont
-        raise ValueError(f"soundfont not found: {soundfont}")
+        raise UserError(f"soundfont not found: {soundfont}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         midi_path, wav_path = os.path.join(tmp, "batch.mid"), os.path.join(tmp, "batch.wav")
         with open(midi_path, "wb") as f:

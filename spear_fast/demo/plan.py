@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import music, sounds, speech
+from spear_fast.errors import UserError
+
+from . import content, music, sounds, speech
 from .render import ClipSpec, Job
 from .sources import DATA_PACKAGES, PackageInfo, ensure_programs, fetch_data_package
 
@@ -34,14 +36,15 @@ DRUM_PROBE_TYPES = ("kick", "snare", "hihat", "tom", "cymbal")
 # Clips per class and split of the probe sets: (train, valid, test). Every model of the demo report
 # (student, two teachers, two baselines) extracts features of every probe clip, so the sets are sized
 # to ~1 h of audio in all (with the drum hits), which the CPU teachers get through in a few minutes.
-PROBE_COUNTS = {"voice_id": (10, 3, 6), "instrument_family": (16, 4, 8), "pitch_class": (12, 4, 8)}
+# Test splits hold >= 300 clips where the source allows (drum_type's are the held-out kits' hits).
+PROBE_COUNTS = {"voice_id": (10, 3, 10), "instrument_family": (16, 4, 20), "pitch_class": (12, 4, 25)}
 TINY_PROBE_COUNTS = {"voice_id": (2, 1, 1), "instrument_family": (2, 1, 1), "pitch_class": (2, 1, 1)}
 TINY_DRUM_PER_CLASS = 2  # tiny: at most this many hits per class and split
 SPLITS = ("train", "valid", "test")
 # Which manifest domain each clip kind belongs to.
 KIND_DOMAIN = {"espeak": "speech", "flite": "speech", "hedgewars_sequence": "speech",
                "hedgewars_utterance": "speech", "music": "audio", "instrument": "audio", "note": "audio",
-               "drum_pattern": "audio", "drum_hit": "audio", "sonic_pi": "audio"}
+               "drum_pattern": "audio", "drum_hit": "audio", "sonic_pi": "audio", "recording": "speech"}
 KIND_CODE = {name: i for i, name in enumerate(sorted(KIND_DOMAIN))}  # seed stream per kind
 
 
@@ -56,15 +59,15 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if not self.hours > 0:
-            raise ValueError(f"hours must be > 0, got {self.hours}")
+            raise UserError(f"hours must be > 0, got {self.hours}")
         if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            raise UserError(f"seed must be >= 0, got {self.seed}")
         if self.hours <= TINY_HOURS:  # a build this small is the tiny variant (small probe sets too)
             self.tiny = True
         if self.tiny:
             self.hours = min(self.hours, TINY_HOURS)
         if self.jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+            raise UserError(f"jobs must be >= 1, got {self.jobs}")
 
 
 @dataclass
@@ -77,6 +80,11 @@ class Resources:
     hedgewars: dict[str, list[str]]
     kits: dict[str, list[sounds.DrumSample]]
     sonic_pi: list[str]
+    # the pre-training corpus's synthetic voices: every espeak-ng language / variant and flite voice
+    # but the content probes' held-out ones
+    pretrain_languages: list[str]
+    pretrain_variants: list[str]
+    pretrain_flite: list[str]
 
     def root(self, name: str) -> str:
         return self.packages[name].root
@@ -92,13 +100,19 @@ def gather_resources(cache_dir: str | None) -> Resources:
         infos = list(pool.map(lambda n: fetch_data_package(n, cache_dir), sorted(DATA_PACKAGES)))
     packages = {p.name: p for p in infos}
     languages, variants = speech.espeak_voices()
+    held_accents, held_variants, held_flite = content.held_out_voices(variants)
+    said = content.probe_words()  # the content probes' words never occur in any other clip's text
+    pools = {name: [w for w in words if w not in said]
+             for name, words in speech.load_word_pools(packages["wamerican"].root).items()}
     return Resources(
-        packages=packages, programs=programs,
-        word_pools=speech.load_word_pools(packages["wamerican"].root),
+        packages=packages, programs=programs, word_pools=pools,
         espeak_languages=languages, espeak_variants=variants,
         hedgewars=speech.hedgewars_packs(packages["hedgewars-data"].root),
         kits=sounds.drum_kits(packages["hydrogen-drumkits"].root),
         sonic_pi=sounds.sonic_pi_samples(packages["sonic-pi-samples"].root),
+        pretrain_languages=[lang for lang in languages if lang.lower() not in held_accents],
+        pretrain_variants=[v for v in variants if v not in held_variants],
+        pretrain_flite=[v for v in speech.FLITE_VOICES if v not in held_flite],
     )
 
 
@@ -114,7 +128,7 @@ class Planner:
         }
         for name, path in self.soundfonts.items():
             if not os.path.exists(path):
-                raise ValueError(f"soundfont {name} not found at {path}")
+                raise UserError(f"soundfont {name} not found at {path}")
 
     def rng(self, kind: str, stream: str, index: int) -> tuple[tuple[int, ...], np.random.Generator]:
         seed = (self.config.seed, KIND_CODE[kind], zlib.crc32(stream.encode("utf-8")), index)
@@ -151,13 +165,13 @@ class Planner:
 
     def plan_espeak(self, seconds: float) -> None:
         words = self.res.word_pools["pretrain"]
-        english = [lang for lang in self.res.espeak_languages if lang.startswith("en")]
+        languages, variants = self.res.pretrain_languages, self.res.pretrain_variants
+        english = [lang for lang in languages if lang.lower().startswith("en")]
         clips = []
         for i, duration in enumerate(self.durations("espeak", "espeak", seconds)):
             seed, rng = self.rng("espeak", "train", i)
-            langs = english if rng.random() < 0.5 else self.res.espeak_languages
-            voice = f"{langs[int(rng.integers(0, len(langs)))]}+" \
-                    f"{self.res.espeak_variants[int(rng.integers(0, len(self.res.espeak_variants)))]}"
+            langs = english if rng.random() < 0.5 else languages
+            voice = f"{langs[int(rng.integers(0, len(langs)))]}+{variants[int(rng.integers(0, len(variants)))]}"
             rate, pitch = int(rng.integers(120, 230)), int(rng.integers(20, 80))
             text = speech.sentence(rng, words, max(2, int(duration * rate / 60 * ESPEAK_WORDS_PER_RATE)))
             params = {"text": text, "voice": voice, "rate": rate, "pitch": pitch,
@@ -172,7 +186,7 @@ class Planner:
         clips = []
         for i, duration in enumerate(self.durations("flite", "flite", seconds)):
             seed, rng = self.rng("flite", "train", i)
-            voice = speech.FLITE_VOICES[int(rng.integers(0, len(speech.FLITE_VOICES)))]
+            voice = self.res.pretrain_flite[int(rng.integers(0, len(self.res.pretrain_flite)))]
             stretch, f0 = round(float(rng.uniform(0.8, 1.3)), 3), round(float(rng.uniform(80, 200)), 1)
             text = speech.sentence(rng, words, max(2, int(duration * FLITE_WORDS_PER_SECOND / stretch)))
             params = {"text": text, "voice": voice, "stretch": stretch, "f0_mean": f0,
@@ -374,6 +388,67 @@ class Planner:
             self.add("drum_hit", clips)
         return list(DRUM_PROBE_TYPES)
 
+    def content_voices(self, task: str, split: str) -> list[tuple[str, str]]:
+        """(clip kind, voice) of the synthetic speakers of a content task's split: espeak-ng accent +
+        variant pairs from the split's pools (each variant once), then the split's flite voices."""
+        counts = content.TINY_VOICES_PER_SPLIT if self.config.tiny else content.VOICES_PER_SPLIT[task]
+        wanted = counts[SPLITS.index(split)]
+        variants = [v for v in self.res.espeak_variants
+                    if v not in content.EXCLUDED_VARIANTS and content.variant_split(v) == split]
+        accents = content.ESPEAK_ACCENTS[split]
+        flite = [] if self.config.tiny else list(content.FLITE_SPLITS[split])
+        espeak_count = wanted - len(flite)
+        if not 0 < espeak_count <= len(variants):
+            raise UserError(f"{task}/{split}: {espeak_count} espeak-ng voices wanted, {len(variants)} variants "
+                             f"in the split's pool")
+        _, rng = self.rng("espeak", f"{task}/{split}/voices", 0)
+        picks = rng.permutation(len(variants))[:espeak_count]
+        voices = [("espeak", f"{accents[i % len(accents)]}+{variants[int(j)]}") for i, j in enumerate(picks)]
+        for voice in voices:
+            speech.check_espeak_voice(voice[1])
+        return voices + [("flite", voice) for voice in flite]
+
+    def plan_spoken_content(self, task: str) -> list[str]:
+        """Every synthetic voice of a split says every class once (with its own rate and pitch);
+        the test split adds the real recordings of the task's classes."""
+        classes, _ = content.TASKS[task]
+        if self.config.tiny:
+            classes = classes[:4]
+        for split in SPLITS:
+            by_kind: dict[str, list[ClipSpec]] = {}
+            index = 0
+            for kind, voice in self.content_voices(task, split):
+                for label in classes:
+                    seed, rng = self.rng(kind, f"{task}/{split}/{voice}", classes.index(label))
+                    text, peak = content.spoken_text(label), round(float(rng.uniform(0.4, 0.9)), 3)
+                    if kind == "espeak":
+                        params = {"text": text, "voice": voice, "rate": int(rng.integers(130, 200)),
+                                  "pitch": int(rng.integers(25, 75)), "peak": peak}
+                        package = "espeak-ng"
+                    else:
+                        low, high = speech.FLITE_F0_RANGE.get(voice, speech.FLITE_F0_RANGE["default"])
+                        params = {"text": text, "voice": voice, "stretch": round(float(rng.uniform(0.9, 1.2)), 3),
+                                  "f0_mean": round(float(rng.uniform(low, high)), 1), "peak": peak}
+                        package = "flite"
+                    meta = {"voice": f"{kind}:{voice}", "text": text, "subset": "synthetic"}
+                    by_kind.setdefault(kind, []).append(
+                        self.probe_clip(task, split, kind, index, seed, params, meta, label, package))
+                    index += 1
+            if split == "test":
+                for package, (speaker, directory, stems) in content.RECORDINGS[task].items():
+                    for label in (c for c in classes if c in stems):  # a speaker says some classes only
+                        seed, rng = self.rng("recording", f"{task}/{speaker}", classes.index(label))
+                        path = content.recording_path(self.res.root(package), directory, stems[label])
+                        params = {"path": path, "peak": round(float(rng.uniform(0.4, 0.9)), 3)}
+                        meta = {"voice": speaker, "file": os.path.relpath(path, self.res.root(package)),
+                                "subset": "real", "source": "asterisk"}
+                        by_kind.setdefault("recording", []).append(
+                            self.probe_clip(task, split, "recording", index, seed, params, meta, label, package))
+                        index += 1
+            for kind, clips in sorted(by_kind.items()):
+                self.add(kind, clips)
+        return list(classes)
+
     def probes(self) -> dict[str, dict]:
         tasks = {
             "voice_id": (self.plan_voice_id(), "speaker (espeak-ng / flite voice, hedgewars voice pack); "
@@ -385,8 +460,13 @@ class Planner:
             "drum_type": (self.plan_drum_type(), "drum type of one Hydrogen drum hit; valid kits "
                           f"{list(DRUM_VALID_KITS)} and test kits {list(DRUM_TEST_KITS)} are held out "
                           "(also from pre-training)"),
+            **{task: (self.plan_spoken_content(task), description)
+               for task, (_, description) in content.TASKS.items()},
         }
-        return {name: {"name": name, "type": "utterance", "labels": labels, "metric": "accuracy",
-                       "label_field": "meta.label", "description": description,
-                       "splits": {s: f"{s}.jsonl" for s in SPLITS}}
-                for name, (labels, description) in tasks.items()}
+        records = {name: {"name": name, "type": "utterance", "labels": labels, "metric": "accuracy",
+                          "label_field": "meta.label", "description": description,
+                          "splits": {s: f"{s}.jsonl" for s in SPLITS}}
+                   for name, (labels, description) in tasks.items()}
+        for name in content.TASKS:  # the test split's real and synthetic speakers are also scored apart
+            records[name].update(subset_field="meta.subset", group="content")
+        return records

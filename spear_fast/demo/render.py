@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from . import music, sounds, speech
-from .audio_util import MIN_RMS, SAMPLE_RATE, check_clip, normalize_peak, write_clip
+from .audio_util import MIN_RMS, SAMPLE_RATE, check_clip, normalize_peak, read_16k, write_clip
 
 MAX_SPEECH_SECONDS = 10.0  # synthetic sentences longer than this are cut (clips are 2-10 s)
 BATCH_KINDS = ("music", "instrument", "note")
@@ -65,6 +65,8 @@ def render_single(kind: str, clip: ClipSpec) -> np.ndarray:
         wave = sounds.drum_hit(_drum_samples([p["sample"]])[0], rng)
     elif kind == "sonic_pi":
         wave, _ = sounds.sonic_pi_clip(rng, p["paths"], p["duration"])
+    elif kind == "recording":  # a real recording as it is (resampled to 16 kHz)
+        wave = read_16k(p["path"])
     else:
         raise ValueError(f"unknown clip kind {kind!r}")
     return normalize_peak(wave, p["peak"]) if "peak" in p else wave

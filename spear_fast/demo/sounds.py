@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spear_fast.errors import UserError
+
 from .audio_util import SAMPLE_RATE, normalize_peak, place, read_16k
 
 DRUMKIT_DIR = "usr/share/hydrogen/data/drumkits"
@@ -49,7 +51,7 @@ def drum_kits(hydrogen_root: str) -> dict[str, list[DrumSample]]:
     """Kit name -> its samples (all velocity layers), read from each kit's drumkit.xml."""
     base = os.path.join(hydrogen_root, DRUMKIT_DIR)
     if not os.path.isdir(base):
-        raise ValueError(f"{base}: Hydrogen drum kits not found")
+        raise UserError(f"{base}: Hydrogen drum kits not found")
     kits: dict[str, list[DrumSample]] = {}
     for kit in sorted(os.listdir(base)):
         xml_path = os.path.join(base, kit, "drumkit.xml")
@@ -118,7 +120,7 @@ def drum_pattern(rng: np.random.Generator, samples: list[DrumSample], duration: 
 def sonic_pi_samples(sonic_pi_root: str) -> list[str]:
     base = os.path.join(sonic_pi_root, SONIC_PI_DIR)
     if not os.path.isdir(base):
-        raise ValueError(f"{base}: Sonic Pi samples not found")
+        raise UserError(f"{base}: Sonic Pi samples not found")
     return sorted(os.path.join(base, f) for f in os.listdir(base) if f.endswith(".flac"))
 
 

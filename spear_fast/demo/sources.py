@@ -11,6 +11,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
+from spear_fast.errors import UserError
+
 # Data packages (unpacked into the cache) and what each gives the corpus.
 DATA_PACKAGES: dict[str, str] = {
     "hedgewars-data": "voice packs: real human speech, one speaker per pack",
@@ -19,6 +21,12 @@ DATA_PACKAGES: dict[str, str] = {
     "hydrogen-drumkits": "Hydrogen drum kits: real drum samples",
     "sonic-pi-samples": "Sonic Pi samples: real recorded sounds and loops",
     "wamerican": "American English word list (text for the synthetic speech)",
+    # Real recorded speech for the spoken-content probes' test side (telephone band, 8 kHz).
+    "asterisk-core-sounds-en-wav": "Asterisk prompts, US English (Allison): digits, ICAO alphabet, letters",
+    "asterisk-core-sounds-es-wav": "Asterisk prompts, Mexican Spanish (Allison): ICAO alphabet",
+    "asterisk-core-sounds-fr-wav": "Asterisk prompts, Canadian French (June): ICAO alphabet",
+    "asterisk-core-sounds-ru-wav": "Asterisk prompts, Russian: ICAO alphabet",
+    "asterisk-prompt-it-menardi-wav": "Asterisk prompts, Italian (Menardi): ICAO alphabet",
 }
 # Programs run during the build: (executable, Debian package).
 PROGRAM_PACKAGES: dict[str, str] = {"espeak-ng": "espeak-ng", "flite": "flite", "fluidsynth": "fluidsynth"}
@@ -36,6 +44,16 @@ LICENCE_SUMMARIES: dict[str, tuple[str, str]] = {
     "sonic-pi-samples": ("MIT (Files: *)", "Files: *\nCopyright: 2016 Samuel Aaron"),
     "wamerican": ("SCOWL permissive licence (use, copy, modify, distribute, sell)",
                   "Permission to use, copy, modify, distribute and sell these word"),
+    # The four core-sounds packages share one debian/copyright (a section per language).
+    "asterisk-core-sounds-en-wav": ("CC-BY-SA-3.0 (Files: *, recorded by Allison Smith)",
+                                    "Files: *\nCopyright: 2003-2010, Allison Smith"),
+    "asterisk-core-sounds-es-wav": ("CC-BY-SA-3.0 (Files: *, recorded by Allison Smith)",
+                                    "Files: *\nCopyright: 2003-2010, Allison Smith"),
+    "asterisk-core-sounds-fr-wav": ("CC-BY-SA-3.0 (Files: fr-*, recorded by June Wallack)",
+                                    "Files: fr-*\nCopyright: 2006-2008, June Wallack\nLicense: CC-BY-SA-3.0"),
+    "asterisk-core-sounds-ru-wav": ("CC-BY-3.0 (Files: ru-*, provided by Maxim Topal)",
+                                    "Files: ru-*\nCopyright: 2010, Maxim"),
+    "asterisk-prompt-it-menardi-wav": ("CC-BY-SA-3.0 (Italian)", "Creative Commons Attribution Share Alike 3.0 Italian"),
     "espeak-ng": ("GPL-3+", "either version 3 of the License"),
     "flite": ("CMU/Edinburgh permissive (BSD-like) licence",
               "Permission is hereby granted, free of charge, to use and distribute"),
@@ -156,9 +174,9 @@ def ensure_programs() -> list[PackageInfo]:
             result = _run(["apt-get", "install", "-y", "--no-install-recommends", *missing])
         still = [pkg for exe, pkg in PROGRAM_PACKAGES.items() if shutil.which(exe) is None]
         if still:
-            raise RuntimeError(f"the demo corpus needs the programs {still}; install them with "
-                               f"`apt-get install -y {' '.join(still)}` (apt-get said: "
-                               f"{result.stderr.strip()[-400:]})")
+            raise UserError(f"the demo corpus needs the programs {still}; install them with "
+                            f"`apt-get install -y {' '.join(still)}` (apt-get said: "
+                            f"{result.stderr.strip()[-400:]})")
     infos = []
     for exe, pkg in PROGRAM_PACKAGES.items():
         version = _run(["dpkg-query", "-W", "-f", "${Version}", pkg]).stdout.strip() or "unknown"

@@ -10,10 +10,14 @@ import zlib
 
 import numpy as np
 
+from spear_fast.errors import UserError
+
 from .audio_util import SAMPLE_RATE, decode_wav_bytes, normalize_peak, read_16k
 
 # flite's built-in voices; awb_time is a limited-domain voice (it only says times) and is left out.
 FLITE_VOICES: tuple[str, ...] = ("kal", "kal16", "awb", "rms", "slt")
+# Mean F0 ranges (Hz) drawn for flite voices: slt is a female voice, the others are male.
+FLITE_F0_RANGE: dict[str, tuple[float, float]] = {"slt": (150.0, 210.0), "default": (90.0, 140.0)}
 # espeak-ng voices of the voice-ID probe: English accents x variants, plus a few other languages
 # (each reads English words with its own phonology, i.e. an accent).
 ESPEAK_PROBE_VOICES: tuple[str, ...] = (
@@ -125,7 +129,7 @@ def hedgewars_packs(hedgewars_root: str) -> dict[str, list[str]]:
     """Voice pack name -> sorted phrase stems (each pack is one speaker)."""
     base = os.path.join(hedgewars_root, HEDGEWARS_VOICE_DIR)
     if not os.path.isdir(base):
-        raise ValueError(f"{base}: hedgewars voice packs not found")
+        raise UserError(f"{base}: hedgewars voice packs not found")
     packs = {}
     for name in sorted(os.listdir(base)):
         stems = sorted(f[:-4] for f in os.listdir(os.path.join(base, name)) if f.endswith(".ogg"))

@@ -1,10 +1,13 @@
-"""`spear extract`, `spear probe`, `spear probe-table`, `spear make-task`: frozen-feature evaluation from the command line."""
+"""`spear extract`, `spear probe`, `spear probe-table`, `spear report-table`, `spear make-task`: frozen-feature evaluation from the command line."""
 from __future__ import annotations
 
 import argparse
 
-MODEL_HELP = ("model spec: an export DIR, a training checkpoint .pt, 'fbank', 'random:PRESET[?seed=N]', or "
-              "'teacher:SPEC' (see spear_fast/eval/upstreams.py)")
+from spear_fast.errors import UserError
+
+MODEL_HELP = ("model spec: an export DIR, a training checkpoint .pt, 'fbank', 'random:PRESET[?seed=N]', "
+              "'hf:DIR?trust_remote_code=1' (a local transformers remote-code model, e.g. a released SPEAR "
+              "checkpoint), or 'teacher:SPEC' (see spear_fast/eval/upstreams.py)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     extract.add_argument("--batch-seconds", type=float, default=64.0, help="padded audio seconds per batch")
     extract.add_argument("--device", default="cpu")
+    extract.add_argument("--max-duration", type=float, default=None,
+                         help="skip (and list in failed.json) clips longer than this many seconds (default: the "
+                              "600 s of collect-frames and tokenize); split long recordings into manifest segments")
     extract.set_defaults(func=run_extract)
 
     probe = subparsers.add_parser(
@@ -48,6 +54,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--metric", choices=("accuracy", "macro_f1"), default="accuracy")
     table.set_defaults(func=run_probe_table)
 
+    seeds = subparsers.add_parser(
+        "report-table", help="one table of several demo reports (e.g. pre-training seeds): mean +- spread",
+        description="Rows: the models of the demo reports; cells: the mean over the reports +- their sample "
+                    "standard deviation, per task and mean.")
+    seeds.add_argument("reports", nargs="+", help="report.json files written by the demo (train.py)")
+    seeds.set_defaults(func=run_report_table)
+
     make = subparsers.add_parser(
         "make-task", help="make a probe task directory from a labelled manifest",
         description="Split a manifest whose rows carry a label into train/valid/test and write task.json.")
@@ -72,7 +85,7 @@ def run_extract(args: argparse.Namespace) -> int:
     entries = read_manifest(args.manifest)
     upstream = load_upstream(args.model, device=args.device)
     report = extract_features(upstream, entries, args.out, layers=args.layers, pool=args.pool, dtype=args.dtype,
-                              batch_seconds=args.batch_seconds)
+                              batch_seconds=args.batch_seconds, max_duration=args.max_duration)
     print(f"extract: {report.extracted} written, {report.skipped} already there, {len(report.failed)} failed "
           f"-> {report.directory} ({report.seconds:.1f} s)")
     return 0  # unreadable clips are skipped and listed in failed.json (a rerun retries them)
@@ -103,9 +116,27 @@ def run_probe_table(args: argparse.Namespace) -> int:
     results = []
     for path in args.results:
         if not Path(path).is_file():
-            raise ValueError(f"{path}: results file not found")
-        results.append(json.loads(Path(path).read_text()))
+            raise UserError(f"{path}: results file not found")
+        try:
+            results.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserError(f"{path}: not a JSON results file written by spear probe ({error})") from None
     print(format_table(results, args.metric))
+    return 0
+
+
+def run_report_table(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from spear_fast.eval.demo_report import seed_table
+
+    reports = []
+    for path in args.reports:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: report not found")
+        reports.append(json.loads(Path(path).read_text()))
+    print(seed_table(reports))
     return 0
 
 

@@ -11,8 +11,13 @@ Rows of the table (every one probed with the same SUPERB-style protocol, spear_f
   random init      the run's own student architecture with seeded random weights
 Features are cached under the demo directory (keyed by the weights' fingerprint and the task data),
 so a rerun only fits what changed and an ablation run (--teachers speech|audio) only extracts its
-own student's features. Columns: each task's test accuracy, the mean over each domain's tasks (a
-task's domain is the domain of most of its clips), and the mean over all tasks.
+own student's features. Columns: each task's test accuracy with its binomial standard error, the
+mean over each domain's tasks (a task's domain is the domain of most of its clips), and the mean over
+all tasks. Tasks that name a "group" in task.json (the demo's spoken-content tasks: "content") also
+get that group's mean in report.json and in the comparison lines.
+Trend: the run's milestone checkpoints (checkpoint.keep_every) are probed too, on the content tasks
+(all tasks when none is grouped), and report.png plots that mean against training steps, from the
+random init (step 0) to the final student.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from typing import Any
 import torch
 
 from spear_fast.atomic import atomic_write_json
+from spear_fast.checkpoint import checkpoint_step, list_checkpoints
+from spear_fast.errors import UserError
 from spear_fast.eval.probe import ProbeConfig, _slug, format_table, run_probes
 from spear_fast.eval.tasks import Task, load_task
 
@@ -49,6 +56,7 @@ class DemoReportInputs:
     probes_dir: Path  # one folder per task (task.json + split manifests)
     cache_dir: Path  # feature cache shared by runs
     stage_seconds: dict[str, float] = field(default_factory=dict)  # earlier stages' wall times (data, train)
+    keep_every: int = 0  # the run's checkpoint.keep_every: its milestones are probed for the trend (0: none)
     probe_config: ProbeConfig = field(default_factory=ProbeConfig)
     progress: bool = True
 
@@ -97,22 +105,33 @@ def train_summary(log_records: list[dict[str, Any]], window: int = 10) -> dict[s
 def demo_report(inputs: DemoReportInputs) -> dict[str, Any]:
     """Probe every model on every task, print the table, write report.json and report.png."""
     from spear_fast.machine import machine_name
-    from spear_fast.train.metrics import read_log
+    from spear_fast.plot import read_log
 
     started = time.perf_counter()
     task_dirs = sorted(p.parent for p in Path(inputs.probes_dir).glob("*/task.json"))
     if not task_dirs:
-        raise ValueError(f"demo report: no probe tasks (*/task.json) under {inputs.probes_dir}")
+        raise UserError(f"demo report: no probe tasks (*/task.json) under {inputs.probes_dir}")
     tasks = {t.name: t for t in (load_task(d) for d in task_dirs)}
     domains = {name: task_domain(task) for name, task in tasks.items()}
-    results = []
-    for model in probe_models(inputs):
+    groups = {name: task.extra["group"] for name, task in tasks.items() if "group" in task.extra}
+
+    def probe(model: ProbeModel, names: list[str] | None = None) -> dict[str, Any]:
         out = inputs.run_dir / "probes" / f"{_slug(model.label)}.json"
-        print(f"[demo] probing {model.label} ({model.spec}) on {len(tasks)} tasks")
-        record = run_probes(model.spec, task_dirs, out, inputs.probe_config, cache_dir=inputs.cache_dir,
+        dirs = [d for d in task_dirs if names is None or d.name in names]
+        print(f"[demo] probing {model.label} ({model.spec}) on {len(dirs)} tasks")
+        record = run_probes(model.spec, dirs, out, inputs.probe_config, cache_dir=inputs.cache_dir,
                             progress=inputs.progress, upstream=model.upstream)
         record.update(label=model.label, role=model.role, results_file=str(out))
-        results.append(record)
+        return record
+
+    results = [probe(model) for model in probe_models(inputs)]
+    # The milestones are probed on the spoken-content tasks only (the group SPEAR's claim is about, and
+    # a fifth of the probe audio): a full-suite probe of each would cost as much as the student's own.
+    trend_key = "content" if "content" in groups.values() else "all"
+    trend_tasks = sorted(n for n in tasks if trend_key == "all" or groups.get(n) == trend_key)
+    milestones = {checkpoint_step(path): probe(ProbeModel(f"student at step {checkpoint_step(path)}", str(path),
+                                                         "milestone"), trend_tasks)
+                  for path in milestone_checkpoints(inputs.run_dir, inputs.checkpoint, inputs.keep_every)}
     table = format_table(results, domains=domains)
     probe_seconds = round(time.perf_counter() - started, 1)
     stage_seconds = {**inputs.stage_seconds, "probe": probe_seconds}
@@ -128,12 +147,15 @@ def demo_report(inputs: DemoReportInputs) -> dict[str, Any]:
         "tasks": {name: {"domain": domains[name], "num_classes": task.num_classes, "type": task.type,
                          "chance": 1.0 / task.num_classes, "description": task.description}
                   for name, task in tasks.items()},
-        "models": [_model_summary(r, domains) for r in results],
+        "models": [_model_summary(r, domains, groups) for r in results],
         "table": table,
         "stage_seconds": stage_seconds,
         "total_seconds": round(sum(stage_seconds.values()), 1),
     }
     report["comparisons"] = _comparisons(report["models"])
+    report["trend"] = _trend(report["models"], {step: _model_summary(r, domains, groups) for step, r in
+                                                milestones.items()}, checkpoint_step(inputs.checkpoint),
+                             trend_key, trend_tasks)
     atomic_write_json(inputs.run_dir / "report.json", report, indent=2)
     note = plot_report(report, log_records, inputs.run_dir / "report.png")
     print(table)
@@ -144,14 +166,40 @@ def demo_report(inputs: DemoReportInputs) -> dict[str, Any]:
     return report
 
 
-def _model_summary(record: dict[str, Any], domains: dict[str, str]) -> dict[str, Any]:
+def milestone_checkpoints(run_dir: Path, final: Path, keep_every: int) -> list[Path]:
+    """The run's milestones before `final` (the checkpoints kept by checkpoint.keep_every; the newest few
+    that checkpoint.keep_last keeps are not probed), oldest first."""
+    if keep_every <= 0:
+        return []
+    return [p for p in list_checkpoints(run_dir)
+            if checkpoint_step(p) < checkpoint_step(final) and checkpoint_step(p) % keep_every == 0]
+
+
+def _trend(models: list[dict[str, Any]], milestones: dict[int, dict[str, Any]], final_step: int, key: str,
+           names: list[str]) -> list[dict[str, Any]]:
+    """Probe means over the trend's tasks (`names`, the group `key`) against training steps: the random
+    init (step 0), the milestones, the final student."""
+    start = next((m for m in models if m["label"] == "random init"), None)
+    student = next(m for m in models if m["role"] == "student")
+    points = [(0, start)] if start is not None else []
+    points += sorted(milestones.items()) + [(final_step, student)]
+    return [{"step": step, "tasks": names, "mean_accuracy": {key: _mean([m["test_accuracy"][n] for n in names])}}
+            for step, m in points]
+
+
+def _model_summary(record: dict[str, Any], domains: dict[str, str], groups: dict[str, str]) -> dict[str, Any]:
+    domains = {name: domain for name, domain in domains.items() if name in record["tasks"]}  # the tasks probed
     scores = {name: record["tasks"][name]["test"]["accuracy"] for name in domains}
     means = {d: _mean([s for t, s in scores.items() if domains[t] == d]) for d in sorted(set(domains.values()))}
+    means.update({g: _mean([s for t, s in scores.items() if groups.get(t) == g]) for g in sorted(set(groups.values()))
+                  if any(groups.get(t) == g for t in scores)})
     means["all"] = _mean(list(scores.values()))
     return {"label": record["label"], "role": record["role"], "spec": record["model"],
             "fingerprint": record["upstream"]["fingerprint"], "test_accuracy": scores, "mean_accuracy": means,
             "macro_f1": {name: record["tasks"][name]["test"]["macro_f1"] for name in domains},
             "layer_weights": {name: record["tasks"][name]["layer_weights"] for name in domains},
+            "test_subsets": {name: record["tasks"][name]["test_subsets"] for name in domains
+                             if record["tasks"][name].get("test_subsets")},
             "results_file": record["results_file"]}
 
 
@@ -178,13 +226,23 @@ def plot_report(report: dict[str, Any], log_records: list[dict[str, Any]], out_p
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed"
-    from spear_fast.train.metrics import draw_losses, save_figure
+    from spear_fast.plot import draw_losses, save_figure
 
-    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]})
+    figure, (loss_axis, trend_axis, score_axis) = plt.subplots(1, 3, figsize=(20, 5),
+                                                               gridspec_kw={"width_ratios": [1, 0.8, 1.4]})
     if log_records:
         draw_losses(loss_axis, log_records)
     loss_axis.set_title(f"pre-training loss ({report['student']['preset']}, teachers: "
                         f"{report['student']['teachers_used']})")
+    trend = report.get("trend", [])
+    for key in (trend[0]["mean_accuracy"] if trend else {}):
+        trend_axis.plot([p["step"] for p in trend], [100 * p["mean_accuracy"][key] for p in trend], "o-",
+                        label=f"{key} mean" if key != "all" else "mean of all tasks", lw=2.5 if key == "all" else 1.2)
+    trend_axis.set_xlabel("training step (0 = random init)")
+    trend_axis.set_ylabel("test accuracy (%)")
+    trend_axis.set_title("student probes along training")
+    trend_axis.legend(fontsize=8)
+    trend_axis.grid(alpha=0.3)
     tasks = list(report["tasks"])
     columns = tasks + ["mean"]
     models = report["models"]
@@ -203,3 +261,33 @@ def plot_report(report: dict[str, Any], log_records: list[dict[str, Any]], out_p
     figure.tight_layout()
     save_figure(figure, out_path)
     return None
+
+
+def seed_table(reports: list[dict[str, Any]]) -> str:
+    """Several demo reports of one recipe (e.g. pre-training seeds) as one table: per model (row) and
+    task, then domain/group means and the mean of all tasks (columns), the mean over the reports +-
+    their sample standard deviation, in test accuracy %. Every report must hold the same models and tasks."""
+    import statistics
+
+    if not reports:
+        raise UserError("seed table: no reports given")
+    labels = [m["label"] for m in reports[0]["models"]]
+    tasks = list(reports[0]["tasks"])
+    for report in reports[1:]:
+        if [m["label"] for m in report["models"]] != labels or list(report["tasks"]) != tasks:
+            raise UserError(f"seed table: reports disagree on models or tasks ({report.get('run_dir')})")
+    means = [k for k in reports[0]["models"][0]["mean_accuracy"] if k != "all"] + ["all"]
+    columns = tasks + [f"{k} mean" if k != "all" else "mean" for k in means]
+    name_width = max(len("model"), *(len(label) for label in labels))
+    widths = [max(len(c), 11) for c in columns]
+    lines = [f"{len(reports)} report(s); cells: mean +- sample standard deviation over them (test accuracy %)",
+             "  ".join([f"{'model':<{name_width}}", *(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))])]
+    for i, label in enumerate(labels):
+        cells = []
+        for column in tasks + means:
+            values = [100 * (r["models"][i]["test_accuracy"][column] if column in tasks
+                             else r["models"][i]["mean_accuracy"][column]) for r in reports]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f}±{spread:.1f}")
+        lines.append("  ".join([f"{label:<{name_width}}", *(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))]))
+    return "\n".join(lines)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from spear_fast.atomic import atomic_write_json
 from spear_fast.data.manifest import ManifestEntry
+from spear_fast.errors import UserError
 
 FORMAT = "spear-fast features v1"
 POOLS = ("none", "mean")
@@ -44,16 +45,16 @@ def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
         try:
             items = [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"layers {text!r}: expected 'all', 'last' or comma-separated integers") from None
+            raise UserError(f"layers {text!r}: expected 'all', 'last' or comma-separated integers") from None
     else:
         items = [int(x) for x in text]
     if not items:
-        raise ValueError("layers: no layer given")
+        raise UserError("layers: no layer given")
     out = []
     for item in items:
         index = item + num_layers if item < 0 else item
         if not 0 <= index < num_layers:
-            raise ValueError(f"layer {item} is outside the upstream's {num_layers} layers")
+            raise UserError(f"layer {item} is outside the upstream's {num_layers} layers")
         out.append(index)
     return sorted(set(out))
 
@@ -66,10 +67,10 @@ class FeatureStore:
         meta_path, index_path = self.directory / "meta.json", self.directory / "index.json"
         for path in (meta_path, index_path):
             if not path.is_file():
-                raise ValueError(f"{path}: not found (not a feature store)")
+                raise UserError(f"{path}: not found (not a feature store)")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+            raise UserError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
         index = json.loads(index_path.read_text())
         self.shards: dict[str, str] = index["shards"]
         self.frames: dict[str, int] = index["frames"]
@@ -108,21 +109,31 @@ class ExtractReport:
 def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | os.PathLike, *,
                      layers: str | Sequence[int] = "all", pool: str = "none", dtype: str = "float32",
                      batch_seconds: float = BATCH_SECONDS, shard_utterances: int = SHARD_UTTERANCES,
-                     progress: bool = True) -> ExtractReport:
-    """Run `upstream` (an eval.upstreams.Upstream) over the manifest rows and store their features."""
+                     max_duration: float | None = None, progress: bool = True) -> ExtractReport:
+    """Run `upstream` (an eval.upstreams.Upstream) over the manifest rows and store their features.
+
+    Clips (or manifest segments) longer than `max_duration` seconds (default: the pipeline passes' cap,
+    spear_fast.pipeline.clips.DEFAULT_MAX_DURATION) are skipped and listed in failed.json with the
+    reason, as collect-frames and tokenize do, rather than cut into chunks: a global-attention model
+    gives other features for a chunked clip than for the whole one, and one long clip in one piece
+    costs (T x T) attention memory. Long recordings belong in the manifest as segments."""
     from safetensors.torch import save_file
 
     from spear_fast.audio import AudioError, load_audio
-    from spear_fast.pipeline.clips import duration_batches
+    from spear_fast.pipeline.clips import DEFAULT_MAX_DURATION, duration_batches
 
+    if max_duration is None:
+        max_duration = DEFAULT_MAX_DURATION
+    if not max_duration > 0:
+        raise UserError(f"extract: max_duration must be > 0 s, got {max_duration}")
     if pool not in POOLS:
-        raise ValueError(f"extract: pool {pool!r} must be one of {POOLS}")
+        raise UserError(f"extract: pool {pool!r} must be one of {POOLS}")
     if dtype not in DTYPES:
-        raise ValueError(f"extract: dtype {dtype!r} must be one of {sorted(DTYPES)}")
+        raise UserError(f"extract: dtype {dtype!r} must be one of {sorted(DTYPES)}")
     ids = [e.id for e in entries]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"extract: duplicate utterance id {dup!r} in the manifest")
+        raise UserError(f"extract: duplicate utterance id {dup!r} in the manifest")
     kept = parse_layers(layers, upstream.num_layers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +144,8 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
         found = json.loads(meta_path.read_text())
         diff = {k: (found.get(k), v) for k, v in meta.items() if found.get(k) != v}
         if diff:
-            raise ValueError(f"{meta_path}: the store was written with other settings {diff} (found, asked); "
-                             f"use another --out or delete it")
+            raise UserError(f"{meta_path}: the store was written with other settings {diff} (found, asked); "
+                            f"use another --out or delete it")
     else:
         atomic_write_json(meta_path, meta)
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"shards": {}, "frames": {}}
@@ -172,7 +183,7 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
         for entry in batch:
             try:
                 wave, _ = load_audio(entry.path, 16000, offset=entry.offset, duration=entry.segment_duration,
-                                     min_samples=upstream.min_samples)
+                                     min_samples=upstream.min_samples, max_duration=max_duration)
             except (AudioError, ValueError, OSError) as err:
                 failed[entry.id] = str(err)
                 continue

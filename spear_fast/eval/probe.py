@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spear_fast.errors import UserError
+
 
 @dataclass
 class ProbeConfig:
@@ -55,15 +57,15 @@ class ProbeConfig:
 
     def validate(self) -> None:
         if self.head not in ("linear", "mlp"):
-            raise ValueError(f"probe head {self.head!r} must be 'linear' or 'mlp'")
+            raise UserError(f"probe head {self.head!r} must be 'linear' or 'mlp'")
         for name in ("hidden_dim", "epochs", "patience", "batch_size", "frame_batch_size", "threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"probe {name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"probe {name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and self.layer_lr > 0) or self.weight_decay < 0:
-            raise ValueError(f"probe lr and layer_lr must be > 0 and weight_decay >= 0, got {self.lr}, "
-                             f"{self.layer_lr}, {self.weight_decay}")
+            raise UserError(f"probe lr and layer_lr must be > 0 and weight_decay >= 0, got {self.lr}, "
+                            f"{self.layer_lr}, {self.weight_decay}")
         if self.layer is not None and self.layer < 0:
-            raise ValueError(f"probe layer must be >= 0 (0 = the front end's output), got {self.layer}")
+            raise UserError(f"probe layer must be >= 0 (0 = the front end's output), got {self.layer}")
 
 
 class WeightedLayerProbe(nn.Module):
@@ -103,6 +105,7 @@ def classification_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes
 class ProbeData:
     x: torch.Tensor  # (N, L, d) float32 (utterances or frames)
     y: torch.Tensor  # (N,) int64 class indexes
+    subsets: list[str] | None = None  # utterance tasks with a subset_field: each row's subset
 
 
 @dataclass
@@ -113,22 +116,38 @@ class ProbeResult:
     best_epoch: int  # 1-based
     epochs_run: int
     history: list[dict[str, float]]  # per epoch: train_loss, valid_loss, valid metric
+    test_predictions: torch.Tensor | None = None  # (N,) the best state's predicted classes on test
 
 
-def _evaluate(model: WeightedLayerProbe, data: ProbeData, num_classes: int, batch: int = 4096) -> dict[str, float]:
+def _logits(model: WeightedLayerProbe, data: ProbeData, batch: int = 4096) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(data.x[i : i + batch]) for i in range(0, data.x.shape[0], batch)])  # (N, C)
+        return torch.cat([model(data.x[i : i + batch]) for i in range(0, data.x.shape[0], batch)])  # (N, C)
+
+
+def _evaluate(model: WeightedLayerProbe, data: ProbeData, num_classes: int) -> dict[str, float]:
+    logits = _logits(model, data)  # (N, C)
     metrics = classification_metrics(logits.argmax(-1), data.y, num_classes)
     metrics["loss"] = float(F.cross_entropy(logits, data.y))
     return metrics
+
+
+def subset_scores(pred: torch.Tensor, data: ProbeData, num_classes: int) -> dict[str, dict[str, float]]:
+    """Accuracy and macro-F1 of each subset of the rows (data.subsets), with its row count."""
+    if data.subsets is None:
+        return {}
+    scores = {}
+    for name in sorted(set(data.subsets)):
+        rows = torch.tensor([s == name for s in data.subsets])  # (N,) bool
+        scores[name] = {**classification_metrics(pred[rows], data.y[rows], num_classes), "count": int(rows.sum())}
+    return scores
 
 
 def standardise(train: ProbeData, *others: ProbeData, eps: float = 1e-5) -> list[ProbeData]:
     """Every split mapped with the train split's per-(layer, dim) mean and std."""
     mean = train.x.mean(0, keepdim=True)  # (1, L, d)
     std = train.x.std(0, unbiased=False, keepdim=True) + eps  # (1, L, d)
-    return [ProbeData((d.x - mean) / std, d.y) for d in (train, *others)]
+    return [ProbeData((d.x - mean) / std, d.y, d.subsets) for d in (train, *others)]
 
 
 def train_probe(train: ProbeData, valid: ProbeData, test: ProbeData, num_classes: int,
@@ -191,7 +210,7 @@ def _fit(model: WeightedLayerProbe, optimizer: torch.optim.Optimizer, generator:
     model.load_state_dict(best)
     return ProbeResult(test=_evaluate(model, test, num_classes), valid=best_valid,
                        layer_weights=[float(w) for w in model.layer_weights.detach()], best_epoch=best_epoch,
-                       epochs_run=len(history), history=history)
+                       epochs_run=len(history), history=history, test_predictions=_logits(model, test).argmax(-1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,11 +232,14 @@ def frame_label_indexes(num_frames: int, frame_rate: float, num_labels: int, lab
 def task_split_data(task, split: str, store) -> ProbeData:
     """The probe inputs of one split from its feature store (eval.features.FeatureStore)."""
     targets = task.targets(split)
-    xs, ys = [], []
-    for entry, target in zip(task.splits[split], targets, strict=True):
+    subsets = task.subsets(split)
+    xs, ys, kept_subsets = [], [], []
+    for i, (entry, target) in enumerate(zip(task.splits[split], targets, strict=True)):
         if entry.id not in store:
             continue  # unreadable clip (reported by the extraction)
         features = store[entry.id]  # (L, d) pooled, or (L, T, d)
+        if subsets is not None:
+            kept_subsets.append(subsets[i])
         if task.type == "utterance":
             xs.append(features[None])  # (1, L, d)
             ys.append(torch.tensor([target]))
@@ -227,21 +249,21 @@ def task_split_data(task, split: str, store) -> ProbeData:
             xs.append(features[:, keep].transpose(0, 1))  # (T_kept, L, d)
             ys.append(torch.tensor(target)[index[keep]])
     if not xs:
-        raise ValueError(f"task {task.name!r}: no {split} features (every clip failed to load?)")
-    return ProbeData(torch.cat(xs).float(), torch.cat(ys).long())
+        raise UserError(f"task {task.name!r}: no {split} features (every clip failed to load?)")
+    return ProbeData(torch.cat(xs).float(), torch.cat(ys).long(), kept_subsets if subsets is not None else None)
 
 
 def check_layer(layer: int, num_states: int, model_name: str) -> None:
     """ValueError unless hidden state `layer` exists among a model's `num_states`."""
     if layer >= num_states:
-        raise ValueError(f"probe layer {layer} does not exist: {model_name} exposes {num_states} hidden "
-                         f"states (0 .. {num_states - 1})")
+        raise UserError(f"probe layer {layer} does not exist: {model_name} exposes {num_states} hidden "
+                        f"states (0 .. {num_states - 1})")
 
 
 def one_layer(data: ProbeData, layer: int, model_name: str) -> ProbeData:
     """The probe inputs of hidden state `layer` alone: x (N, L, d) -> (N, 1, d)."""
     check_layer(layer, data.x.shape[1], model_name)
-    return ProbeData(data.x[:, layer : layer + 1], data.y)
+    return ProbeData(data.x[:, layer : layer + 1], data.y, data.subsets)
 
 
 def probe_task(upstream, task, config: ProbeConfig, cache_dir: str | os.PathLike, progress: bool = True) -> dict:
@@ -271,6 +293,7 @@ def probe_task(upstream, task, config: ProbeConfig, cache_dir: str | os.PathLike
     return {
         "task": task.name, "type": task.type, "metric": task.metric, "num_classes": task.num_classes,
         "test": result.test, "valid": result.valid, "layer_weights": result.layer_weights,
+        "test_subsets": subset_scores(result.test_predictions, splits["test"], task.num_classes),
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "chance": 1.0 / task.num_classes,
         "majority_test_accuracy": float((splits["test"].y == majority).double().mean()),
@@ -293,7 +316,7 @@ def run_probes(model: str, task_dirs: list[str | os.PathLike], out: str | os.Pat
     tasks = [load_task(d) for d in task_dirs]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
-        raise ValueError(f"probe: two task directories share a task name: {names}")
+        raise UserError(f"probe: two task directories share a task name: {names}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out.parent / "features"
@@ -334,15 +357,22 @@ def _write_results(path: Path, results: dict) -> None:
     atomic_write_json(path, results, indent=2)
 
 
+def binomial_se(accuracy: float, count: int) -> float:
+    """Standard error of an accuracy measured on `count` independent test clips: sqrt(p (1 - p) / n)."""
+    return math.sqrt(accuracy * (1.0 - accuracy) / count) if count > 0 else math.nan
+
+
 def format_table(results: list[dict], metric: str = "accuracy", domains: dict[str, str] | None = None) -> str:
     """A plain-text table of several run_probes results: one row per model (its "label", else its
-    "model"), one column per task (test `metric` in %), then, when `domains` maps tasks to domains,
-    the mean over each domain's tasks, then the mean over all the tasks every model has."""
+    "model"), one column per task (test `metric` in %, +- its binomial standard error over the test
+    clips), then, when `domains` maps tasks to domains, the mean over each domain's tasks, then the
+    mean over all the tasks every model has (a mean's error: sqrt(sum of squared errors) / count,
+    the tasks' test sets being independent)."""
     if not results:
         raise ValueError("format_table: no results given")
     tasks = sorted(set.intersection(*(set(r["tasks"]) for r in results)))
     if not tasks:
-        raise ValueError("format_table: the results share no task")
+        raise UserError("format_table: the results share no task")
     groups = {}
     for task in tasks:
         if domains is not None:
@@ -350,13 +380,20 @@ def format_table(results: list[dict], metric: str = "accuracy", domains: dict[st
     names = [r.get("label", r["model"]) for r in results]
     name_width = max(len("model"), *(len(n) for n in names))
     columns = tasks + [f"{d} mean" for d in groups] + ["mean"]
-    widths = [max(len(c), 6) for c in columns]
+    widths = [max(len(c), 10) for c in columns]
     lines = ["  ".join([f"{'model':<{name_width}}", *(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))])]
+
+    def mean(cells: list[tuple[float, float]]) -> tuple[float, float]:
+        return (sum(v for v, _ in cells) / len(cells), math.sqrt(sum(e * e for _, e in cells)) / len(cells))
+
     for name, record in zip(names, results, strict=True):
-        score = {t: 100 * record["tasks"][t]["test"][metric] for t in tasks}
-        values = [score[t] for t in tasks]
-        values += [sum(score[t] for t in members) / len(members) for members in groups.values()]
-        values.append(sum(score.values()) / len(score))
-        cells = [f"{v:>{w}.1f}" for v, w in zip(values, widths, strict=True)]
+        cell = {}
+        for t in tasks:
+            value = record["tasks"][t]["test"][metric]
+            cell[t] = (100 * value, 100 * binomial_se(value, record["tasks"][t]["counts"]["test"]))
+        values = [cell[t] for t in tasks]
+        values += [mean([cell[t] for t in members]) for members in groups.values()]
+        values.append(mean(list(cell.values())))
+        cells = [f"{f'{v:.1f}±{e:.1f}':>{w}}" for (v, e), w in zip(values, widths, strict=True)]
         lines.append("  ".join([f"{name:<{name_width}}", *cells]))
     return "\n".join(lines)

@@ -4,6 +4,8 @@ task.json (what `spear prepare-demo` writes under probes/<task>/, and `spear mak
     {"name": "voice_id", "type": "utterance", "labels": ["en-us:m1", ...], "metric": "accuracy",
      "label_field": "meta.label", "splits": {"train": "train.jsonl", "valid": "valid.jsonl",
      "test": "test.jsonl"}, "description": "..."}
+Optional "subset_field" (utterance tasks): a dotted path holding each row's subset (e.g. "real" /
+"synthetic" speakers); the test score is then also reported per subset.
 type "utterance": the label field holds one label per row. type "frame": it holds a list of labels,
 one per label frame at "label_rate" Hz (a required key for frame tasks; frame i covers
 [i / label_rate, (i + 1) / label_rate) s of the row's audio). label_field is a dotted path into the
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spear_fast.data.manifest import ManifestEntry, read_manifest, write_manifest
+from spear_fast.errors import UserError
 
 TASK_FILE = "task.json"
 SPLITS = ("train", "valid", "test")
@@ -37,6 +40,7 @@ class Task:
     splits: dict[str, list[ManifestEntry]]  # "train" / "valid" / "test" -> rows
     directory: Path
     label_rate: float | None = None  # frame tasks: label frames per second
+    subset_field: str | None = None  # utterance tasks: dotted path of each row's subset (scored apart on test)
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # other task.json keys, kept for the results file
 
@@ -67,16 +71,22 @@ class Task:
                 out.append(_class_index(index, value, where))
             else:
                 if not isinstance(value, list) or not value:
-                    raise ValueError(f"{where}: frame task label field {self.label_field!r} must be a non-empty "
-                                     f"list, got {type(value).__name__}")
+                    raise UserError(f"{where}: frame task label field {self.label_field!r} must be a non-empty "
+                                    f"list, got {type(value).__name__}")
                 out.append([_class_index(index, v, where) for v in value])
         return out
+
+    def subsets(self, split: str) -> list[str] | None:
+        """Each row's subset name (subset_field), or None when the task has no subsets."""
+        if self.subset_field is None:
+            return None
+        return [str(_lookup(entry, self.subset_field)) for entry in self.splits[split]]
 
 
 def _class_index(index: dict[str, int], value: Any, where: str) -> int:
     key = str(value) if not isinstance(value, str) else value
     if key not in index:
-        raise ValueError(f"{where}: label {value!r} is not one of the task's labels {sorted(index)[:20]}")
+        raise UserError(f"{where}: label {value!r} is not one of the task's labels {sorted(index)[:20]}")
     return index[key]
 
 
@@ -93,7 +103,7 @@ def _lookup(entry: ManifestEntry, dotted: str) -> Any:
         node = entry.meta
     for part in parts:
         if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"row {entry.id!r}: no field {dotted!r} (missing {part!r})")
+            raise UserError(f"row {entry.id!r}: no field {dotted!r} (missing {part!r})")
         node = node[part]
     return node
 
@@ -103,44 +113,48 @@ def load_task(directory: str | os.PathLike) -> Task:
     directory = Path(directory)
     path = directory / TASK_FILE
     if not path.is_file():
-        raise ValueError(f"{path}: not found (a probe task directory holds task.json + split manifests)")
+        raise UserError(f"{path}: not found (a probe task directory holds task.json + split manifests)")
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise UserError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise UserError(f"{path}: expected a JSON object")
     for key in ("name", "type", "labels"):
         if key not in record:
-            raise ValueError(f"{path}: missing key {key!r}")
+            raise UserError(f"{path}: missing key {key!r}")
     if record["type"] not in TASK_TYPES:
-        raise ValueError(f"{path}: type {record['type']!r} must be one of {TASK_TYPES}")
+        raise UserError(f"{path}: type {record['type']!r} must be one of {TASK_TYPES}")
     labels = record["labels"]
     if not isinstance(labels, list) or len(labels) < 2 or len(set(map(str, labels))) != len(labels):
-        raise ValueError(f"{path}: labels must be a list of >= 2 distinct names, got {labels!r}")
+        raise UserError(f"{path}: labels must be a list of >= 2 distinct names, got {labels!r}")
     metric = record.get("metric", "accuracy")
     if metric not in METRICS:
-        raise ValueError(f"{path}: metric {metric!r} must be one of {METRICS}")
+        raise UserError(f"{path}: metric {metric!r} must be one of {METRICS}")
     label_rate = record.get("label_rate")
     if record["type"] == "frame" and (not isinstance(label_rate, (int, float)) or label_rate <= 0):
-        raise ValueError(f"{path}: a frame task needs label_rate (label frames per second > 0), got {label_rate!r}")
+        raise UserError(f"{path}: a frame task needs label_rate (label frames per second > 0), got {label_rate!r}")
+    subset_field = record.get("subset_field")
+    if subset_field is not None and (record["type"] != "utterance" or not isinstance(subset_field, str)):
+        raise UserError(f"{path}: subset_field must be a dotted field name of an utterance task, got {subset_field!r}")
     split_files = record.get("splits", {s: f"{s}.jsonl" for s in SPLITS})
     if not isinstance(split_files, dict) or set(split_files) != set(SPLITS):
-        raise ValueError(f"{path}: splits must map exactly {SPLITS} to manifest files, got {split_files!r}")
+        raise UserError(f"{path}: splits must map exactly {SPLITS} to manifest files, got {split_files!r}")
     splits = {}
     for split in SPLITS:
         rows = read_manifest(directory / split_files[split])
         if not rows:
-            raise ValueError(f"{directory / split_files[split]}: split {split!r} is empty")
+            raise UserError(f"{directory / split_files[split]}: split {split!r} is empty")
         splits[split] = rows
-    known = {"name", "type", "labels", "metric", "label_field", "splits", "label_rate", "description"}
+    known = {"name", "type", "labels", "metric", "label_field", "splits", "label_rate", "subset_field", "description"}
     task = Task(name=str(record["name"]), type=record["type"], labels=[str(x) for x in labels], metric=metric,
                 label_field=record.get("label_field", "meta.label"), splits=splits, directory=directory,
-                label_rate=None if label_rate is None else float(label_rate),
+                label_rate=None if label_rate is None else float(label_rate), subset_field=subset_field,
                 description=str(record.get("description", "")),
                 extra={k: v for k, v in record.items() if k not in known})
     for split in SPLITS:
-        task.targets(split)  # every label resolves now, not in the middle of a probe run
+        task.targets(split)  # every label (and subset) resolves now, not in the middle of a probe run
+        task.subsets(split)
     return task
 
 
@@ -152,15 +166,15 @@ def make_task(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, name: 
     dotted field holding "train"/"valid"/"test") or, without it, at random by the fractions (seeded,
     stratified by label for utterance tasks). Labels are the sorted distinct values found."""
     if task_type not in TASK_TYPES:
-        raise ValueError(f"make_task: type {task_type!r} must be one of {TASK_TYPES}")
+        raise UserError(f"make_task: type {task_type!r} must be one of {TASK_TYPES}")
     if task_type == "frame" and (label_rate is None or label_rate <= 0):
-        raise ValueError("make_task: a frame task needs label_rate > 0")
+        raise UserError("make_task: a frame task needs label_rate > 0")
     if not (0 < valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ValueError(f"make_task: fractions valid={valid_fraction}, test={test_fraction} must be in (0, 1) "
-                         f"and sum below 1")
+        raise UserError(f"make_task: fractions valid={valid_fraction}, test={test_fraction} must be in (0, 1) "
+                        f"and sum below 1")
     rows = read_manifest(manifest)
     if not rows:
-        raise ValueError(f"{manifest}: empty manifest")
+        raise UserError(f"{manifest}: empty manifest")
     values = [_lookup(entry, label_field) for entry in rows]
     if task_type == "utterance":
         labels = sorted({str(v) for v in values})
@@ -171,7 +185,7 @@ def make_task(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, name: 
         for entry in rows:
             split = str(_lookup(entry, split_field))
             if split not in SPLITS:
-                raise ValueError(f"{manifest}: row {entry.id!r} has {split_field}={split!r}, not one of {SPLITS}")
+                raise UserError(f"{manifest}: row {entry.id!r} has {split_field}={split!r}, not one of {SPLITS}")
             splits[split].append(entry)
     else:
         groups: dict[str, list[ManifestEntry]] = {}
@@ -188,7 +202,7 @@ def make_task(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, name: 
             splits["train"] += members[n_test + n_valid :]
     for split, members in splits.items():
         if not members:
-            raise ValueError(f"make_task: split {split!r} would be empty ({len(rows)} rows in {manifest})")
+            raise UserError(f"make_task: split {split!r} would be empty ({len(rows)} rows in {manifest})")
     out_dir = Path(out_dir)
     for split in SPLITS:
         write_manifest(out_dir / f"{split}.jsonl", splits[split])

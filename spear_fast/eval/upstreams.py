@@ -16,6 +16,11 @@ Model specs (`load_upstream(spec)`, the --model argument of `spear extract` / `s
                            spec's layer (the last one is exactly the teacher's frames); other teachers
                            expose their one chosen layer. Add `upstream_layers=chosen` to the query to
                            keep only the chosen layer.
+  hf:PATH?trust_remote_code=1   a local transformers folder with remote code, called the SPEAR way
+                           (model(audio, audio_lens) -> encoder_out, hidden_states): the SPEAR authors'
+                           released checkpoints, or a spear-fast export through AutoModel
+                           (spear_fast/integrations/transformers_upstream.py). hf:PATH of a folder
+                           without remote code is the teacher spec of kind hf.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from urllib.parse import parse_qsl
 
 import torch
 from torch import nn
+
+from spear_fast.errors import UserError
 
 SAMPLE_RATE = 16000
 STUDENT_MIN_SAMPLES = 80  # one fbank frame (10 ms shift, snip_edges=False rounds L / 160)
@@ -42,7 +49,7 @@ class UpstreamInfo:
     """What a results file records about an upstream."""
 
     name: str  # what was asked for (the spec)
-    kind: str  # "student" | "checkpoint" | "fbank" | "random" | "teacher"
+    kind: str  # "student" | "checkpoint" | "fbank" | "random" | "teacher" | "hf"
     num_layers: int
     dim: int
     frame_rate: float  # frames per second
@@ -251,14 +258,14 @@ def load_upstream(spec: str, device: str | torch.device = "cpu") -> Upstream:
     from spear_fast.teachers.spec import KINDS, TeacherSpec
 
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+        raise UserError(f"model spec must be a non-empty string, got {spec!r}")
     path = Path(spec).expanduser()
     if path.is_dir():
         from spear_fast.model.pretrained import SpearModel
 
         return StudentUpstream(SpearModel.from_pretrained(path, device=device), name=spec, kind="student")
     if path.is_file():
-        return StudentUpstream(_student_from_checkpoint(path).to(device), name=spec, kind="checkpoint")
+        return StudentUpstream(student_from_checkpoint(path).to(device), name=spec, kind="checkpoint")
     if spec == "fbank":
         return FbankUpstream(spec, device)
     if spec.startswith("random:"):
@@ -267,11 +274,17 @@ def load_upstream(spec: str, device: str | torch.device = "cpu") -> Upstream:
         head, options = _split_query(spec[len("random:"):])
         seed = options.pop("seed", "0")
         if options or not seed.lstrip("-").isdigit():
-            raise ValueError(f"model spec {spec!r}: random:PRESET takes only ?seed=INT, got {options or seed!r}")
+            raise UserError(f"model spec {spec!r}: random:PRESET takes only ?seed=INT, got {options or seed!r}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             student = SpearStudent(preset(head))
         return StudentUpstream(student.to(device), name=spec, kind="random")
+    from spear_fast.integrations.transformers_upstream import is_remote_code_folder
+
+    if is_remote_code_folder(spec):
+        from spear_fast.integrations.transformers_upstream import load_remote_code_upstream
+
+        return load_remote_code_upstream(spec, device)
     teacher_text = spec.removeprefix("teacher:")
     if teacher_text.partition("?")[0].partition(":")[0].strip().lower() in KINDS:
         from spear_fast.teachers import load_teacher
@@ -279,23 +292,23 @@ def load_upstream(spec: str, device: str | torch.device = "cpu") -> Upstream:
         head, options = _split_query(teacher_text)
         chosen = options.pop("upstream_layers", "all")
         if chosen not in ("all", "chosen"):
-            raise ValueError(f"model spec {spec!r}: upstream_layers must be 'all' or 'chosen', got {chosen!r}")
+            raise UserError(f"model spec {spec!r}: upstream_layers must be 'all' or 'chosen', got {chosen!r}")
         teacher_spec = TeacherSpec.parse(head + ("?" + "&".join(f"{k}={v}" for k, v in options.items())
                                                  if options else ""))
         teacher = load_teacher(teacher_spec, device=device)
         return TeacherUpstream(teacher, name=spec, all_layers=chosen == "all")
     if os.sep in spec or spec.endswith((".pt", ".safetensors", ".json")):
-        raise ValueError(f"model spec {spec!r}: no such file or directory")
-    raise ValueError(f"model spec {spec!r} is none of: an export DIR, a checkpoint .pt, 'fbank', 'random:PRESET', "
-                     f"'teacher:SPEC' (teacher kinds: {', '.join(KINDS)})")
+        raise UserError(f"model spec {spec!r}: no such file or directory")
+    raise UserError(f"model spec {spec!r} is none of: an export DIR, a checkpoint .pt, 'fbank', 'random:PRESET', "
+                    f"'hf:PATH?trust_remote_code=1', 'teacher:SPEC' (teacher kinds: {', '.join(KINDS)})")
 
 
-def _student_from_checkpoint(path: Path) -> nn.Module:
+def student_from_checkpoint(path: Path) -> nn.Module:
     """The student of a training checkpoint, with the weights `spear export` would write (EMA when present)."""
     import tempfile
 
     from spear_fast.model.pretrained import SpearModel
-    from spear_fast.train.export import export_checkpoint
+    from spear_fast.model.export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="spear-upstream-") as tmp:
         export_checkpoint(path, tmp)

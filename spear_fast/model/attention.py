@@ -19,10 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from spear_fast.errors import UserError
+
 BACKENDS = ("auto", "flash", "xformers", "sdpa")
 
 
-class AttentionBackendUnavailable(RuntimeError):
+class AttentionBackendUnavailable(UserError):
     """An explicitly requested attention backend cannot run here."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from spear_fast.errors import UserError
+
 FBANK_DIM = 128  # input features: 128-bin log-mel fbank at 100 Hz (SPEAR.md section 4)
 INPUT_FRAME_RATE = 100.0  # fbank frames per second (10 ms shift)
 
@@ -39,9 +41,9 @@ class SubsamplingConfig:
 
     def validate(self) -> None:
         if self.time_stride not in (2, 4):
-            raise ValueError(f"subsampling.time_stride must be 2 (50 Hz) or 4 (25 Hz), got {self.time_stride}")
+            raise UserError(f"subsampling.time_stride must be 2 (50 Hz) or 4 (25 Hz), got {self.time_stride}")
         if self.channels % 8:
-            raise ValueError(f"subsampling.channels must be a multiple of 8, got {self.channels}")
+            raise UserError(f"subsampling.channels must be a multiple of 8, got {self.channels}")
 
 
 @dataclass
@@ -64,9 +66,9 @@ class EncoderConfig:
 
     def validate(self) -> None:
         if self.dim % self.num_heads:
-            raise ValueError(f"encoder.dim={self.dim} is not divisible by encoder.num_heads={self.num_heads}")
+            raise UserError(f"encoder.dim={self.dim} is not divisible by encoder.num_heads={self.num_heads}")
         if (self.dim // self.num_heads) % 2:
-            raise ValueError(f"encoder head dim {self.dim // self.num_heads} (dim/num_heads) must be even for rotary")
+            raise UserError(f"encoder head dim {self.dim // self.num_heads} (dim/num_heads) must be even for rotary")
 
 
 @dataclass
@@ -125,7 +127,7 @@ PRESET_PARAM_TARGETS: dict[str, int] = {"tiny": 5_000_000, "base": 95_000_000, "
 def preset(name: str) -> StudentConfig:
     """The named preset; ValueError listing the known names otherwise."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
 
 
@@ -162,7 +164,7 @@ def _check_value_bounds(owner: str, f: dataclasses.Field, value: float) -> None:
     for key, ok, symbol in checks:
         bound = meta.get(key)
         if bound is not None and not ok(value, bound):
-            raise ValueError(f"{owner}.{f.name}={value!r} is out of range: must be {symbol} {bound}")
+            raise UserError(f"{owner}.{f.name}={value!r} is out of range: must be {symbol} {bound}")
 
 
 def _parse_value(text: str, annotation: Any, path: str) -> Any:
@@ -174,7 +176,7 @@ def _parse_value(text: str, annotation: Any, path: str) -> Any:
         for choice in choices:
             if str(choice) == text:
                 return choice
-        raise ValueError(f"{path}={text!r}: must be one of {list(choices)}")
+        raise UserError(f"{path}={text!r}: must be one of {list(choices)}")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
         if type(None) in options and text.lower() in ("none", "null"):
@@ -187,14 +189,14 @@ def _parse_value(text: str, annotation: Any, path: str) -> Any:
                 return _parse_value(text, option, path)
             except ValueError as exc:
                 errors.append(str(exc))
-        raise ValueError(f"{path}={text!r}: " + "; ".join(errors))
+        raise UserError(f"{path}={text!r}: " + "; ".join(errors))
     if origin is tuple:
         args = typing.get_args(annotation)
         items = [item.strip() for item in text.split(",") if item.strip()]
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_parse_value(item, args[0], path) for item in items)
         if len(items) != len(args):
-            raise ValueError(f"{path}={text!r}: expected {len(args)} comma-separated values")
+            raise UserError(f"{path}={text!r}: expected {len(args)} comma-separated values")
         return tuple(_parse_value(item, arg, path) for item, arg in zip(items, args, strict=True))
     if annotation is bool:
         lowered = text.lower()
@@ -202,20 +204,20 @@ def _parse_value(text: str, annotation: Any, path: str) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{path}={text!r}: expected a boolean (true/false)")
+        raise UserError(f"{path}={text!r}: expected a boolean (true/false)")
     if annotation is int:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"{path}={text!r}: expected an integer") from None
+            raise UserError(f"{path}={text!r}: expected an integer") from None
     if annotation is float:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{path}={text!r}: expected a number") from None
+            raise UserError(f"{path}={text!r}: expected a number") from None
     if annotation is str:
         return text
-    raise ValueError(f"{path}: fields of type {annotation!r} cannot be set from the command line")
+    raise UserError(f"{path}: fields of type {annotation!r} cannot be set from the command line")
 
 
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
@@ -226,7 +228,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     config = copy.deepcopy(config)
     for override in overrides:
         if "=" not in override:
-            raise ValueError(f"override {override!r} must look like section.field=value")
+            raise UserError(f"override {override!r} must look like section.field=value")
         path, text = (part.strip() for part in override.split("=", 1))
         *parents, leaf = path.split(".")
         target = config
@@ -236,18 +238,18 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
             fields = {f.name for f in dataclasses.fields(target)}
             child = getattr(target, name, None) if name in fields else None
             if not dataclasses.is_dataclass(child):
-                raise ValueError(f"override {override!r}: {'.'.join(walked)!r} is not a config section; "
-                                 f"sections here: {_sections(target)}")
+                raise UserError(f"override {override!r}: {'.'.join(walked)!r} is not a config section; "
+                                f"sections here: {_sections(target)}")
             target = child
         fields = {f.name: f for f in dataclasses.fields(target)}
         if leaf not in fields:
-            raise ValueError(f"override {override!r}: unknown field {leaf!r} in {type(target).__name__}; "
-                             f"known: {sorted(fields)}")
+            raise UserError(f"override {override!r}: unknown field {leaf!r} in {type(target).__name__}; "
+                            f"known: {sorted(fields)}")
         hints = typing.get_type_hints(type(target), include_extras=False)
         annotation = hints[leaf]
         if dataclasses.is_dataclass(annotation):
-            raise ValueError(f"override {override!r}: {path!r} is a section; set one of its fields "
-                             f"({', '.join(f.name for f in dataclasses.fields(annotation))})")
+            raise UserError(f"override {override!r}: {path!r} is a section; set one of its fields "
+                            f"({', '.join(f.name for f in dataclasses.fields(annotation))})")
         value = _parse_value(text, annotation, path)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_value_bounds(type(target).__name__, fields[leaf], value)
@@ -290,11 +292,11 @@ def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
 
 def _from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
@@ -307,9 +309,9 @@ def _from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
         elif annotation is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif annotation in (int, float, str, bool) and type(value) is not annotation:
-            raise ValueError(f"{path}.{name}: expected {annotation.__name__}, got {value!r}")
+            raise UserError(f"{path}.{name}: expected {annotation.__name__}, got {value!r}")
         elif typing.get_origin(annotation) is Literal and value not in typing.get_args(annotation):
-            raise ValueError(f"{path}.{name}={value!r}: must be one of {list(typing.get_args(annotation))}")
+            raise UserError(f"{path}.{name}={value!r}: must be one of {list(typing.get_args(annotation))}")
         values[name] = value
     config = cls(**values)
     _check_bounds(config)

@@ -1,8 +1,12 @@
 """A pre-trained student for downstream use: `SpearModel.from_pretrained(dir)`.
 
-An exported model directory (written by `spear export CKPT OUT_DIR`, spear_fast/train/export.py) holds
-    config.json         {"format": ..., "student": config_to_dict(StudentConfig), "source": {...}}
+An exported model directory (written by `spear export CKPT OUT_DIR`, spear_fast/model/export.py) holds
+    config.json         {"format": ..., "student": config_to_dict(StudentConfig), "source": {...}} plus
+                        the keys transformers reads (model_type, auto_map, ...)
     model.safetensors   the student's state dict (no pickle anywhere)
+    configuration_spear_fast.py, modeling_spear_fast.py   self-contained remote code: the folder also
+                        loads with transformers' AutoModel.from_pretrained(dir, trust_remote_code=True)
+                        (spear_fast/integrations/transformers_export.py)
 
     model = SpearModel.from_pretrained("exported/")      # eval mode, on the CPU
     out = model.extract(waves, lengths)                    # StudentOutput: hidden, lengths, layers
@@ -15,12 +19,15 @@ from pathlib import Path
 
 import torch
 
+from spear_fast.audio.fbank import FRAME_SHIFT
+from spear_fast.errors import UserError
 from spear_fast.model.config import StudentConfig, config_from_dict
 from spear_fast.model.student import SpearStudent, StudentOutput
 
 EXPORT_FORMAT = "spear-fast student v1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+FBANK_MIN_SAMPLES = FRAME_SHIFT // 2  # shortest wave with one fbank frame (round(L / 160) >= 1): one output frame
 
 
 class SpearModel(SpearStudent):
@@ -34,17 +41,17 @@ class SpearModel(SpearStudent):
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise ValueError(f"{path}: not found (expected an exported SPEAR model directory)")
+                raise UserError(f"{path}: not found (expected an exported SPEAR model directory)")
         record = json.loads(config_path.read_text())
         if record.get("format") != EXPORT_FORMAT:
-            raise ValueError(f"{config_path}: format {record.get('format')!r}, expected {EXPORT_FORMAT!r}")
+            raise UserError(f"{config_path}: format {record.get('format')!r}, expected {EXPORT_FORMAT!r}")
         config = config_from_dict(StudentConfig, record["student"])
         model = cls(config)
         state = load_file(str(weights_path), device="cpu")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{weights_path}: weights do not match the config (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
+            raise UserError(f"{weights_path}: weights do not match the config (missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]})")
         return model.to(device).eval()
 
     @torch.no_grad()
@@ -72,19 +79,23 @@ class SpearModel(SpearStudent):
 
 def save_pretrained(student_state: dict[str, torch.Tensor], config: StudentConfig, directory: str | os.PathLike,
                     source: dict | None = None) -> Path:
-    """Write config.json + model.safetensors (each atomically) into `directory`."""
+    """Write config.json + model.safetensors + the transformers remote-code files (each atomically)
+    into `directory`."""
     from safetensors.torch import save_file
 
+    from spear_fast.integrations.transformers_export import transformers_fields, write_remote_code
     from spear_fast.model.config import config_to_dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in student_state.items()}
     tmp = directory / f".{WEIGHTS_NAME}.tmp"
-    save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT})
+    # "format": "pt" is what transformers requires of a safetensors checkpoint's metadata
+    save_file(state, str(tmp), metadata={"format": "pt", "spear_fast_format": EXPORT_FORMAT})
     os.replace(tmp, directory / WEIGHTS_NAME)
+    write_remote_code(directory)
     record = {"format": EXPORT_FORMAT, "student": config_to_dict(config), "frame_rate": config.frame_rate,
-              "source": source or {}}
+              "source": source or {}, **transformers_fields(min_samples=FBANK_MIN_SAMPLES)}
     tmp = directory / f".{CONFIG_NAME}.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, directory / CONFIG_NAME)

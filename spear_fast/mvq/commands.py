@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spear_fast.errors import UserError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fit = subparsers.add_parser("fit-mvq", help="fit an MVQ quantiser on a frame store (two-phase recipe)")
@@ -56,7 +58,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.resume and checkpoint.is_file():
         trainer = QuantizerTrainer.from_checkpoint(checkpoint)
         if trainer.dim != store.dim:
-            raise ValueError(f"fit-mvq: checkpoint {checkpoint} has dim {trainer.dim}, store {args.frames} has {store.dim}")
+            raise UserError(f"fit-mvq: checkpoint {checkpoint} has dim {trainer.dim}, store {args.frames} has {store.dim}")
         print(f"resuming from {checkpoint} at step {trainer.step_count}/{trainer.total_steps}")
     else:
         config = TrainerConfig(
@@ -87,7 +89,7 @@ def run_eval(args: argparse.Namespace) -> int:
     quantizer = Quantizer.load(args.quantizer)
     store = FrameStore(args.frames)
     if store.dim != quantizer.dim:
-        raise ValueError(f"mvq-eval: quantizer dim {quantizer.dim} != frame store dim {store.dim} ({args.frames})")
+        raise UserError(f"mvq-eval: quantizer dim {quantizer.dim} != frame store dim {store.dim} ({args.frames})")
     if args.heldout:
         frames = store.heldout(args.max_frames)
     else:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from spear_fast.atomic import atomic_open, atomic_write_json
+from spear_fast.errors import UserError
 
 INDEX_FILE = "index.json"
 SHARD_FRAMES = 1 << 18  # frames per shard: 256 Ki frames, 512 MiB at D=1024 in float16
@@ -42,7 +43,7 @@ class FrameStoreWriter:
             raise ValueError(f"FrameStoreWriter: dim and shard_frames must be positive, got {dim}, {shard_frames}")
         self.directory = Path(directory)
         if (self.directory / INDEX_FILE).exists():
-            raise ValueError(f"FrameStoreWriter: {self.directory} already holds a frame store")
+            raise UserError(f"FrameStoreWriter: {self.directory} already holds a frame store")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.dim, self.shard_frames = dim, shard_frames
         self._pending: list[np.ndarray] = []
@@ -105,7 +106,7 @@ class FrameStore:
         self.directory = Path(directory)
         index_path = self.directory / INDEX_FILE
         if not index_path.is_file():
-            raise ValueError(f"FrameStore: {index_path} not found (not a frame store, or unfinished)")
+            raise UserError(f"FrameStore: {index_path} not found (not a frame store, or unfinished)")
         with open(index_path) as handle:
             index = json.load(handle)
         self.dim = int(index["dim"])
@@ -116,7 +117,7 @@ class FrameStore:
         for shard in index["shards"]:
             array = np.load(self.directory / shard["file"], mmap_mode="r")
             if array.shape != (shard["frames"], self.dim) or array.dtype != np.float16:
-                raise ValueError(
+                raise UserError(
                     f"FrameStore: {shard['file']} has shape {array.shape} dtype {array.dtype}, "
                     f"index says ({shard['frames']}, {self.dim}) float16"
                 )
@@ -158,7 +159,7 @@ class FrameStore:
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n training frames drawn uniformly with replacement -> float32 (n, D)."""
         if self.num_train <= 0:
-            raise ValueError(f"FrameStore.sample: {self.directory} has no training frames ({self.num_frames} in all)")
+            raise UserError(f"FrameStore.sample: {self.directory} has no training frames ({self.num_frames} in all)")
         positions = torch.randint(0, self.num_train, (n,), generator=generator).numpy()
         return self.read(self.train_rows(positions))
 

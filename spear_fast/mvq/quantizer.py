@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .encode import DEFAULT_CHUNK_BYTES, GramCache, compute_indexes
 
 from spear_fast.atomic import atomic_open
+from spear_fast.errors import UserError
 
 SCALE_SPEED = 10.0  # the reference's `scale_speed`: the log-scales are multiplied by this before exp()
 NORM_EPS = 1e-5  # added to the per-dimension std once, when the statistics are computed
@@ -235,15 +236,15 @@ class Quantizer(nn.Module):
 
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"Quantizer.load: no such file {path}")
+            raise UserError(f"Quantizer.load: no such file {path}")
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 metadata = handle.metadata() or {}
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         except Exception as error:  # safetensors raises its own error types
-            raise ValueError(f"Quantizer.load: {path} is not a readable safetensors file ({error})") from error
+            raise UserError(f"Quantizer.load: {path} is not a readable safetensors file ({error})") from error
         if metadata.get("format") != "spear_fast.mvq" or "config" not in metadata:
-            raise ValueError(f"Quantizer.load: {path} has no spear_fast.mvq config in its metadata")
+            raise UserError(f"Quantizer.load: {path} has no spear_fast.mvq config in its metadata")
         config = QuantizerConfig(**json.loads(metadata["config"]))
         quantizer = cls(config.dim, config.num_codebooks, config.codebook_size, config.normalized)
         quantizer._load_checked(tensors, str(path))
@@ -254,10 +255,10 @@ class Quantizer(nn.Module):
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         if missing or unexpected:
-            raise ValueError(f"{source}: missing tensors {missing}, unexpected tensors {unexpected}")
+            raise UserError(f"{source}: missing tensors {missing}, unexpected tensors {unexpected}")
         for name, tensor in tensors.items():
             if tuple(tensor.shape) != tuple(expected[name].shape):
-                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+                raise UserError(f"{source}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
         with torch.no_grad():
             self.load_state_dict({name: t.to(torch.float32) for name, t in tensors.items()})
 
@@ -268,7 +269,7 @@ class Quantizer(nn.Module):
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.is_file():
-                raise ValueError(f"from_multi_quantization: no such file {path}")
+                raise UserError(f"from_multi_quantization: no such file {path}")
             source = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(source, nn.Module):
             source = source.state_dict()
@@ -277,10 +278,10 @@ class Quantizer(nn.Module):
         needed = ["centers", "to_logits.weight", "to_logits.bias", "logits_scale", "centers_scale"]
         missing = [name for name in needed if name not in source]
         if missing:
-            raise ValueError(f"from_multi_quantization: state dict lacks {missing} (keys: {sorted(source)[:10]})")
+            raise UserError(f"from_multi_quantization: state dict lacks {missing} (keys: {sorted(source)[:10]})")
         centers = source["centers"]
         if centers.ndim != 3:
-            raise ValueError(f"from_multi_quantization: centers must be (N, K, D), got {tuple(centers.shape)}")
+            raise UserError(f"from_multi_quantization: centers must be (N, K, D), got {tuple(centers.shape)}")
         n, k, d = centers.shape
         quantizer = cls(d, n, k)
         tensors = {name: source[name] for name in needed}
@@ -296,7 +297,7 @@ class Quantizer(nn.Module):
 def normalization_stats(total: Tensor, total_sq: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """(mean, std + NORM_EPS) from float64 running sums over `count` frames."""
     if count < 2:
-        raise ValueError(f"normalization_stats: need at least 2 frames, got {count}")
+        raise UserError(f"normalization_stats: need at least 2 frames, got {count}")
     mean = total / count
     var = (total_sq / count - mean**2).clamp_min(0.0) * (count / (count - 1))
     return mean.float(), (var.sqrt() + NORM_EPS).float()

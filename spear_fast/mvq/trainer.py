@@ -25,6 +25,7 @@ from .metrics import evaluate
 from .quantizer import Quantizer, QuantizerConfig, is_power_of_two
 
 from spear_fast.atomic import atomic_open
+from spear_fast.errors import UserError
 
 PHASE1_CODEBOOK_SIZE = 16  # phase 1 codebooks; merged pairs give 16 * 16 = 256
 ENTROPY_SCALE = 0.01  # weight of the logits entropy loss (the reference's entropy_scale)
@@ -42,11 +43,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         self.phase_steps = tuple(int(s) for s in self.phase_steps)
         if not is_power_of_two(self.num_codebooks):
-            raise ValueError(f"TrainerConfig: num_codebooks must be a power of two, got {self.num_codebooks}")
+            raise UserError(f"TrainerConfig: num_codebooks must be a power of two, got {self.num_codebooks}")
         if len(self.phase_steps) != 2 or min(self.phase_steps) < 1:
-            raise ValueError(f"TrainerConfig: phase_steps must be two positive ints, got {self.phase_steps}")
+            raise UserError(f"TrainerConfig: phase_steps must be two positive ints, got {self.phase_steps}")
         if self.batch_size < 1:
-            raise ValueError(f"TrainerConfig: batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"TrainerConfig: batch_size must be >= 1, got {self.batch_size}")
 
 
 def quantizer_loss(quantizer: Quantizer, x: Tensor, refine_iters: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -138,7 +139,7 @@ class QuantizerTrainer:
         """Run the remaining steps on batches sampled from `store`; checkpoint every N steps and at
         the end; evaluate on the store's held-out frames at the end (self.heldout_metrics)."""
         if store.dim != self.dim:
-            raise ValueError(f"QuantizerTrainer.fit: store {store.directory} has dim {store.dim}, trainer {self.dim}")
+            raise UserError(f"QuantizerTrainer.fit: store {store.directory} has dim {store.dim}, trainer {self.dim}")
         bar = tqdm(total=self.total_steps, initial=self.step_count, disable=not progress, unit="step", desc="fit-mvq")
         while not self.done():
             rel = self.step(store.sample(self.config.batch_size, self.generator))
@@ -174,7 +175,7 @@ class QuantizerTrainer:
     def from_checkpoint(cls, path: str | os.PathLike) -> "QuantizerTrainer":
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"QuantizerTrainer.from_checkpoint: no such file {path}")
+            raise UserError(f"QuantizerTrainer.from_checkpoint: no such file {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = TrainerConfig(**state["config"])
         trainer = cls(state["dim"], config)

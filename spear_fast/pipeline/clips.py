@@ -1,7 +1,7 @@
 """What the offline passes share: picking a worker's clips, padding-aware duration batches, loading a
-batch of clips (bad files skipped with their reason), running a teacher on it (a failing batch is
-retried clip by clip so one bad clip cannot sink the others), worker ids from `--shard i/n` or torchrun,
-and atomic JSON files.
+batch of clips (bad files skipped with their reason), running a teacher on it (a failure of the
+teacher stops the pass, naming the clip), worker ids from `--shard i/n` or torchrun, and atomic JSON
+files.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 
 from spear_fast.audio import AudioError, load_audio
 from spear_fast.data.manifest import DOMAINS, ManifestEntry
+from spear_fast.errors import UserError
 
 SAMPLE_RATE = 16000  # every teacher takes 16 kHz mono
 # Longest clip a pass accepts (seconds). Longer files are refused with a reason in the skip report
@@ -41,9 +42,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = int(index), int(count)
     except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+        raise UserError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
     if not sep or not 0 <= i < n or n > 9999:
-        raise ValueError(f"--shard must be i/n with 0 <= i < n <= 9999, got {text!r}")
+        raise UserError(f"--shard must be i/n with 0 <= i < n <= 9999, got {text!r}")
     return i, n
 
 
@@ -53,7 +54,7 @@ def worker_tag(worker: tuple[int, int]) -> str:
 
 def select_domain(entries: Sequence[ManifestEntry], domain: str) -> list[ManifestEntry]:
     if domain not in DOMAIN_CHOICES:
-        raise ValueError(f"domain must be one of {DOMAIN_CHOICES}, got {domain!r}")
+        raise UserError(f"domain must be one of {DOMAIN_CHOICES}, got {domain!r}")
     if domain == "all":
         return list(entries)
     assert domain in DOMAINS
@@ -73,7 +74,7 @@ def duration_batches(entries: Sequence[ManifestEntry], batch_seconds: float,
     batch_seconds (and at most max_clips clips when given); a clip longer than batch_seconds gets a
     batch of its own."""
     if not batch_seconds > 0:
-        raise ValueError(f"batch_seconds must be > 0, got {batch_seconds}")
+        raise UserError(f"batch_seconds must be > 0, got {batch_seconds}")
     batches: list[list[ManifestEntry]] = []
     batch: list[ManifestEntry] = []
     for entry in sorted(entries, key=lambda e: (e.effective_duration, e.id)):
@@ -142,30 +143,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TeacherError(RuntimeError):
+    """The teacher failed on a clip that was read fine: a failure of the machinery (the device, memory,
+    the teacher's code), not of the audio. The pass stops; what it committed stays, and a rerun resumes."""
+
+
 def run_teacher(
     teacher, loaded: Sequence[tuple[ManifestEntry, torch.Tensor]]
-) -> tuple[list[tuple[ManifestEntry, torch.Tensor]], list[Skip], float]:
-    """Teacher frames of each clip: ([(entry, frames (T_i, D) on the teacher's device)], skips,
-    seconds spent in the teacher). A batch that raises is retried clip by clip; a clip that still
-    raises is skipped with the error as its reason."""
+) -> tuple[list[tuple[ManifestEntry, torch.Tensor]], float]:
+    """Teacher frames of each clip: ([(entry, frames (T_i, D) on the teacher's device)], seconds spent in
+    the teacher). When the batch fails, each clip is run alone to name the one that fails; TeacherError
+    names it (or the batch, when every clip works alone), with the teacher's error as its cause."""
     device = torch.device(getattr(teacher, "device", "cpu"))
     started = time.perf_counter()
     try:
         waves, lengths = pad_waves([wave for _, wave in loaded])
         out = teacher(waves, lengths)
         _sync(device)
-        results = [(entry, out.frames[row, : int(out.frame_lengths[row])]) for row, (entry, _) in enumerate(loaded)]
-        return results, [], time.perf_counter() - started
-    except (ValueError, RuntimeError) as error:
+    except Exception as error:
+        name = getattr(teacher, "name", type(teacher).__name__)
+        resume = "the work committed so far is kept: rerun the same command to resume"
         if len(loaded) == 1:
             entry = loaded[0][0]
-            return [], [Skip(entry.id, entry.path, f"teacher failed: {error}")], time.perf_counter() - started
-    results, skipped = [], []
-    for item in loaded:  # isolate the clip(s) the teacher rejects
-        good, bad, _ = run_teacher(teacher, [item])
-        results += good
-        skipped += bad
-    return results, skipped, time.perf_counter() - started
+            raise TeacherError(f"teacher {name} failed on clip {entry.id!r} ({entry.path}): "
+                               f"{type(error).__name__}: {error}; {resume}") from error
+        for item in loaded:  # find the clip the teacher fails on
+            run_teacher(teacher, [item])
+        ids = [entry.id for entry, _ in loaded]
+        raise TeacherError(f"teacher {name} failed on a batch of {len(ids)} clips ({', '.join(ids[:5])}"
+                           f"{', ...' if len(ids) > 5 else ''}) that each work alone: {type(error).__name__}: "
+                           f"{error}; lower --batch-seconds ({resume})") from error
+    results = [(entry, out.frames[row, : int(out.frame_lengths[row])]) for row, (entry, _) in enumerate(loaded)]
+    return results, time.perf_counter() - started
 
 
 def read_json(path: Path) -> Any:

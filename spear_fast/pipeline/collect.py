@@ -44,6 +44,7 @@ from .clips import (
     worker_tag,
 )
 from spear_fast.atomic import atomic_write_json
+from spear_fast.errors import UserError
 
 from .report import SkipReport, merge_reports
 
@@ -73,12 +74,12 @@ class CollectConfig:
     def __post_init__(self) -> None:
         self.manifest, self.out = Path(self.manifest), Path(self.out)
         if self.max_frames < 1:
-            raise ValueError(f"collect-frames: max_frames must be >= 1, got {self.max_frames}")
+            raise UserError(f"collect-frames: max_frames must be >= 1, got {self.max_frames}")
         if self.frames_per_clip < 0:
-            raise ValueError(f"collect-frames: frames_per_clip must be >= 0 (0 = all), got {self.frames_per_clip}")
+            raise UserError(f"collect-frames: frames_per_clip must be >= 0 (0 = all), got {self.frames_per_clip}")
         if self.part_frames < 1 or not self.part_seconds > 0:
-            raise ValueError(f"collect-frames: part_frames and part_seconds must be positive, got "
-                             f"{self.part_frames}, {self.part_seconds}")
+            raise UserError(f"collect-frames: part_frames and part_seconds must be positive, got "
+                            f"{self.part_frames}, {self.part_seconds}")
 
 
 @dataclass
@@ -149,21 +150,21 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
     state = read_json(done_path) if done_path.is_file() else None
     if (out / INDEX_FILE).is_file():
         if state is None:
-            raise ValueError(f"collect-frames: {out} already holds a frame store that this worker ({tag}) did not "
-                             f"write; choose another --out")
+            raise UserError(f"collect-frames: {out} already holds a frame store that this worker ({tag}) did not "
+                            f"write; choose another --out")
         print(f"collect-frames: {out} is complete already")
         summary = CollectSummary(**state["summary"])
         summary.finalized = True
         return summary
 
+    entries = select_domain(read_manifest(config.manifest), config.domain)  # bad input fails before the teacher loads
     teacher = load_teacher(config.teacher, device=config.device)
-    entries = select_domain(read_manifest(config.manifest), config.domain)
     chosen = choose_clips(entries, teacher.frame_rate, config.max_frames, config.frames_per_clip, config.seed)
     mine = shard_entries(chosen, config.worker)
     selection = _selection_hash(mine, config)
     if state is not None and (state["selection"] != selection or state["dim"] != teacher.dim):
-        raise ValueError(f"collect-frames: {done_path} was written for other settings (manifest, teacher, seed, "
-                         f"frames per clip or shard); choose another --out or delete it")
+        raise UserError(f"collect-frames: {done_path} was written for other settings (manifest, teacher, seed, "
+                        f"frames per clip or shard); choose another --out or delete it")
     if state is None:
         state = {"selection": selection, "dim": teacher.dim, "teacher": teacher.name, "parts": [], "done": [],
                  "finished": False, "summary": asdict(CollectSummary(worker=tag))}
@@ -205,32 +206,35 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
 
     min_samples = max(MIN_SAMPLES, int(getattr(teacher, "min_samples", 1)))
     bar = Throughput(sum(e.effective_duration for e in todo), f"collect {tag}", config.progress)
-    for batch in duration_batches(todo, config.batch_seconds):
-        clock = time.perf_counter()
-        loaded, skips = load_batch(batch, config.max_duration, min_samples)
-        summary.load_seconds += time.perf_counter() - clock
-        results, teacher_skips, seconds = run_teacher(teacher, loaded) if loaded else ([], [], 0.0)
-        summary.teacher_seconds += seconds
-        skips += teacher_skips
-        samples = {entry.id: wave.numel() for entry, wave in loaded}
-        for entry, frames in results:  # frames (T, D)
-            rows = sample_rows(entry.id, frames.shape[0], config.frames_per_clip, config.seed)
-            picked = frames[rows.to(frames.device)].float().cpu()  # (k, D)
-            if picked.shape[0] == 0 or not bool(torch.isfinite(picked).all()) or bool((picked.abs() > FLOAT16_MAX).any()):
-                skips.append(Skip(entry.id, entry.path, "the teacher gave no frame, or NaN/Inf/float16-overflowing frames"))
-                continue
-            pending.append(picked)
-            pending_ids.append(entry.id)
-            pending_frames += picked.shape[0]
-            done.add(entry.id)
-            summary.collected_clips += 1
-            summary.frames += picked.shape[0]
-            summary.audio_seconds += samples[entry.id] / SAMPLE_RATE
-        report.forget(e.id for e, _ in results)
-        report.add(skips)
-        bar.update(sum(e.effective_duration for e in batch), frames=summary.frames)
-        if pending_frames >= config.part_frames or time.perf_counter() - last_commit > config.part_seconds:
-            commit()
+    try:
+        for batch in duration_batches(todo, config.batch_seconds):
+            clock = time.perf_counter()
+            loaded, skips = load_batch(batch, config.max_duration, min_samples)
+            summary.load_seconds += time.perf_counter() - clock
+            results, seconds = run_teacher(teacher, loaded) if loaded else ([], 0.0)
+            summary.teacher_seconds += seconds
+            samples = {entry.id: wave.numel() for entry, wave in loaded}
+            for entry, frames in results:  # frames (T, D)
+                rows = sample_rows(entry.id, frames.shape[0], config.frames_per_clip, config.seed)
+                picked = frames[rows.to(frames.device)].float().cpu()  # (k, D)
+                if picked.shape[0] == 0 or not bool(torch.isfinite(picked).all()) or bool((picked.abs() > FLOAT16_MAX).any()):
+                    skips.append(Skip(entry.id, entry.path, "the teacher gave no frame, or NaN/Inf/float16-overflowing frames"))
+                    continue
+                pending.append(picked)
+                pending_ids.append(entry.id)
+                pending_frames += picked.shape[0]
+                done.add(entry.id)
+                summary.collected_clips += 1
+                summary.frames += picked.shape[0]
+                summary.audio_seconds += samples[entry.id] / SAMPLE_RATE
+            report.forget(e.id for e, _ in results)
+            report.add(skips)
+            bar.update(sum(e.effective_duration for e in batch), frames=summary.frames)
+            if pending_frames >= config.part_frames or time.perf_counter() - last_commit > config.part_seconds:
+                commit()
+    except BaseException:  # a teacher failure or an interruption: keep the finished clips
+        commit()
+        raise
     commit()
     bar.close()
     summary.skipped = len(report)
@@ -264,7 +268,7 @@ def merge_parts(out: Path, count: int) -> bool:
     paths = [_done_path(out, (i, count)) for i in range(count)]
     missing = [p.name for p in paths if not p.is_file() or not read_json(p)["finished"]]
     if missing:
-        raise ValueError(f"collect-frames --finalize {out}: workers not finished: {missing}")
+        raise UserError(f"collect-frames --finalize {out}: workers not finished: {missing}")
     with exclusive_lock(out / ".finalize.lock") as mine:
         if not mine:
             print(f"collect-frames: another process is merging {out}")
@@ -274,11 +278,11 @@ def merge_parts(out: Path, count: int) -> bool:
         states = [read_json(p) for p in paths]
         dims = {s["dim"] for s in states}
         if len(dims) != 1:
-            raise ValueError(f"collect-frames: workers of {out} saw different frame dims {sorted(dims)}")
+            raise UserError(f"collect-frames: workers of {out} saw different frame dims {sorted(dims)}")
         parts = [out / PARTS_DIR / name for s in states for name in s["parts"]]
         if not parts:
-            raise ValueError(f"collect-frames: no frames were collected in {out} (every clip skipped? see its "
-                             f"skipped-*.jsonl)")
+            raise UserError(f"collect-frames: no frames were collected in {out} (every clip skipped? see its "
+                            f"skipped-*.jsonl)")
         writer = FrameStoreWriter(out, dims.pop())
         for part in parts:
             for frames in FrameStore(part).iter_batches(MERGE_BATCH):

@@ -87,7 +87,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
     from .tokenize import TokenizeConfig, finalize_tokens, tokenize
 
     if args.finalize:
-        return 0 if finalize_tokens(args.out, _finalize_count(args)) else 1
+        return 0 if finalize_tokens(args.out, _finalize_count(args), manifest=args.manifest, domain=args.domain) else 1
     tokenize(TokenizeConfig(
         manifest=args.manifest, teacher=args.teacher, quantizer=args.quantizer, out=args.out, domain=args.domain,
         worker=parse_shard(args.shard), batch_seconds=args.batch_seconds, max_duration=args.max_duration,

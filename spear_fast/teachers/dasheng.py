@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spear_fast.errors import UserError
+
 from .base import Teacher
 from .spec import check_no_options_left, pop_dtype
 
@@ -78,18 +80,18 @@ class DashengConfig:
                 warnings.warn(f"dasheng checkpoint config key {key!r} is not used by this implementation")
         for key in ("block_type", "attention_type"):
             if config.get(key, "Block" if key == "block_type" else "Attention") not in ("Block", "Attention"):
-                raise ValueError(f"dasheng checkpoint config {key}={config[key]!r} is not supported")
+                raise UserError(f"dasheng checkpoint config {key}={config[key]!r} is not supported")
         if "embed_dim" not in values and "patch_embed.proj.weight" in state_dict:
             values["embed_dim"] = int(state_dict["patch_embed.proj.weight"].shape[0])
         if "depth" not in values:
             values["depth"] = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
         if "num_heads" not in values:
             if values.get("embed_dim") not in VARIANTS:
-                raise ValueError(f"dasheng checkpoint config lacks num_heads and embed_dim "
-                                 f"{values.get('embed_dim')} is not a published variant {sorted(VARIANTS)}")
+                raise UserError(f"dasheng checkpoint config lacks num_heads and embed_dim "
+                                f"{values.get('embed_dim')} is not a published variant {sorted(VARIANTS)}")
             values["num_heads"] = VARIANTS[values["embed_dim"]][1]
         if "init_values" not in values and any(k.endswith("ls1.gamma") for k in state_dict):
-            raise ValueError("dasheng checkpoint has LayerScale weights (ls1.gamma) but its config has no init_values")
+            raise UserError("dasheng checkpoint has LayerScale weights (ls1.gamma) but its config has no init_values")
         return cls(**values)
 
 
@@ -256,8 +258,8 @@ class DashengModel(nn.Module):
     def __init__(self, cfg: DashengConfig):
         super().__init__()
         if cfg.n_mels != cfg.patch_size[0] or cfg.patch_size[0] != cfg.patch_stride[0]:
-            raise ValueError(f"dasheng: only one patch row over all mel bins is supported, got n_mels "
-                             f"{cfg.n_mels}, patch_size {cfg.patch_size}, patch_stride {cfg.patch_stride}")
+            raise UserError(f"dasheng: only one patch row over all mel bins is supported, got n_mels "
+                            f"{cfg.n_mels}, patch_size {cfg.patch_size}, patch_stride {cfg.patch_stride}")
         self.cfg = cfg
         self.front_end = nn.Sequential(MelFrontEnd(cfg), _AmplitudeToDB(cfg.top_db))
         self.init_bn = nn.Sequential(_MelAxisToChannels(), nn.BatchNorm2d(cfg.n_mels, momentum=0.01), _MelAxisToChannels())
@@ -326,21 +328,21 @@ def load_dasheng_checkpoint(path: str | Path) -> DashengModel:
     """An official Dasheng .pt ({"model": state_dict, "config": kwargs}) -> DashengModel (strict)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"dasheng teacher: {str(path)!r} is not a local file (the official .pt checkpoint; "
-                         "nothing is downloaded)")
+        raise UserError(f"dasheng teacher: {str(path)!r} is not a local file (the official .pt checkpoint; "
+                        "nothing is downloaded)")
     try:
         dump = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refuses anything but tensors and plain containers
-        raise ValueError(f"dasheng teacher: {path} is not a loadable torch checkpoint ({err})") from None
+        raise UserError(f"dasheng teacher: {path} is not a loadable torch checkpoint ({err})") from None
     if not isinstance(dump, dict) or "model" not in dump or "config" not in dump:
         keys = sorted(dump) if isinstance(dump, dict) else type(dump).__name__
-        raise ValueError(f"dasheng teacher: {path} must hold {{'model': state_dict, 'config': kwargs}}, got {keys}")
+        raise UserError(f"dasheng teacher: {path} must hold {{'model': state_dict, 'config': kwargs}}, got {keys}")
     state = dump["model"]
     model = DashengModel(DashengConfig.from_checkpoint(dict(dump["config"]), state))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"dasheng teacher: {path} does not match the Dasheng architecture: {err}") from None
+        raise UserError(f"dasheng teacher: {path} does not match the Dasheng architecture: {err}") from None
     return model
 
 
@@ -353,7 +355,7 @@ class DashengTeacher(Teacher):
         depth = len(model.blocks)
         layer = depth if layer is None else layer
         if not isinstance(layer, int) or not 1 <= layer <= depth:
-            raise ValueError(f"dasheng teacher: layer must be an integer in [1, {depth}], got {layer!r}")
+            raise UserError(f"dasheng teacher: layer must be an integer in [1, {depth}], got {layer!r}")
         model.blocks = model.blocks[:layer]  # nothing above the chosen layer is ever run
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
@@ -367,7 +369,7 @@ class DashengTeacher(Teacher):
     @classmethod
     def from_spec(cls, path: str | None, layer, options: dict[str, str], device) -> "DashengTeacher":
         if not path:
-            raise ValueError("dasheng teacher needs its checkpoint: 'dasheng:/path/to/dasheng_12b.pt'")
+            raise UserError("dasheng teacher needs its checkpoint: 'dasheng:/path/to/dasheng_12b.pt'")
         autocast_dtype = pop_dtype(options)
         check_no_options_left("dasheng", options)
         model = load_dasheng_checkpoint(path)

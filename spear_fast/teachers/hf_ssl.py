@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spear_fast.errors import UserError
+
 from .base import Teacher
 from .spec import check_no_options_left, pop_bool, pop_dtype
 
@@ -55,16 +57,16 @@ def _hub_offline():
 def check_local_folder(kind: str, path: str | None) -> Path:
     """The folder, or a ValueError saying why it cannot be a local transformers model folder."""
     if not path:
-        raise ValueError(f"{kind} teacher needs a local folder: '{kind}:/path/to/folder'")
+        raise UserError(f"{kind} teacher needs a local folder: '{kind}:/path/to/folder'")
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ValueError(
+        raise UserError(
             f"{kind} teacher: {str(path)!r} is not a local folder (hub names are never downloaded; "
             f"download the model and give its folder with config.json + model.safetensors or pytorch_model.bin)")
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{kind} teacher: {folder} has no config.json")
+        raise UserError(f"{kind} teacher: {folder} has no config.json")
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-        raise ValueError(f"{kind} teacher: {folder} has none of {', '.join(_WEIGHT_FILES)}")
+        raise UserError(f"{kind} teacher: {folder} has none of {', '.join(_WEIGHT_FILES)}")
     return folder
 
 
@@ -88,7 +90,7 @@ class HFSSLTeacher(Teacher):
         config = model.config
         num_layers = int(config.num_hidden_layers)
         if not 0 <= layer <= num_layers:
-            raise ValueError(f"{name} teacher: layer {layer} is outside [0, {num_layers}]")
+            raise UserError(f"{name} teacher: layer {layer} is outside [0, {num_layers}]")
         encoder = model.encoder
         encoder.layers = encoder.layers[:layer]
         if getattr(config, "do_stable_layer_norm", False):
@@ -126,8 +128,8 @@ class HFSSLTeacher(Teacher):
             from transformers import AutoConfig, AutoModel
             config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
             if config.model_type not in _MODEL_TYPES[kind]:
-                raise ValueError(f"{kind} teacher: {folder}/config.json has model_type {config.model_type!r}, "
-                                 f"expected one of {_MODEL_TYPES[kind]}")
+                raise UserError(f"{kind} teacher: {folder}/config.json has model_type {config.model_type!r}, "
+                                f"expected one of {_MODEL_TYPES[kind]}")
             model = AutoModel.from_pretrained(str(folder), config=config, local_files_only=True)
         if do_normalize is None:
             do_normalize = _folder_do_normalize(folder, config)
@@ -135,7 +137,7 @@ class HFSSLTeacher(Teacher):
             n = int(config.num_hidden_layers)
             layer = SPEAR_WAVLM_LAYER if config.model_type == "wavlm" and n == 24 else n
         if not isinstance(layer, int):
-            raise ValueError(f"{kind} teacher: layer must be an integer, got {layer!r}")
+            raise UserError(f"{kind} teacher: layer must be an integer, got {layer!r}")
         return cls(model, name=f"{config.model_type}:{folder.name}", layer=layer, do_normalize=do_normalize,
                    device=device, autocast_dtype=autocast_dtype)
 
@@ -163,7 +165,7 @@ def _folder_do_normalize(folder: Path, config) -> bool:
         try:
             data = json.loads(pre.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{pre}: not valid JSON ({err})") from None
+            raise UserError(f"{pre}: not valid JSON ({err})") from None
         if "do_normalize" in data:
             return bool(data["do_normalize"])
     return config.feat_extract_norm == "layer"

@@ -15,10 +15,13 @@ Options a teacher does not know raise ValueError, so a typo never passes silentl
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 from urllib.parse import parse_qsl
 
 import torch
+
+from spear_fast.errors import UserError
 
 KINDS = ("wavlm", "hubert", "wav2vec2", "hf", "dasheng", "whisper-demo", "crepe-demo")
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -39,7 +42,7 @@ class TeacherSpec:
         if isinstance(spec, dict):
             fields = dict(spec)
             if "kind" not in fields:
-                raise ValueError(f"teacher spec dict needs a 'kind' key, got keys {sorted(fields)}")
+                raise UserError(f"teacher spec dict needs a 'kind' key, got keys {sorted(fields)}")
             kind, path, layer = fields.pop("kind"), fields.pop("path", None), fields.pop("layer", None)
             options = {str(k): str(v) for k, v in fields.items()}
         elif isinstance(spec, str):
@@ -49,13 +52,19 @@ class TeacherSpec:
             options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
             layer = options.pop("layer", None)
         else:
-            raise ValueError(f"teacher spec must be a str or dict, got {type(spec).__name__}")
+            raise UserError(f"teacher spec must be a str or dict, got {type(spec).__name__}")
         kind = str(kind).strip().lower()
         if kind not in KINDS:
-            raise ValueError(f"unknown teacher kind {kind!r} in spec {spec!r}; known: {', '.join(KINDS)}")
+            raise UserError(f"unknown teacher kind {kind!r} in spec {spec!r}; known: {', '.join(KINDS)}")
         if isinstance(layer, str) and layer.lstrip("-").isdigit():
             layer = int(layer)
         return cls(kind=kind, path=None if path is None else str(path), layer=layer, options=options)
+
+    def identity(self) -> str:
+        """The spec as a token store records it: the path made absolute and the options sorted, so two
+        spellings of one teacher compare equal."""
+        path = os.path.abspath(os.path.expanduser(self.path)) if self.path else None
+        return str(dataclasses.replace(self, path=path, options=dict(sorted(self.options.items()))))
 
     def __str__(self) -> str:
         text = self.kind + (f":{self.path}" if self.path else "")
@@ -67,7 +76,7 @@ def pop_dtype(options: dict[str, str], default: str = "bf16") -> torch.dtype | N
     """The autocast dtype named by options["dtype"] (removed from options); None = float32."""
     name = options.pop("dtype", default).lower()
     if name not in _DTYPES:
-        raise ValueError(f"teacher option dtype={name!r} is not one of {sorted(_DTYPES)}")
+        raise UserError(f"teacher option dtype={name!r} is not one of {sorted(_DTYPES)}")
     return _DTYPES[name]
 
 
@@ -79,7 +88,7 @@ def pop_bool(options: dict[str, str], key: str) -> bool | None:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"teacher option {key}={value!r} is not a boolean")
+    raise UserError(f"teacher option {key}={value!r} is not a boolean")
 
 
 def pop_int(options: dict[str, str], key: str, default: int) -> int:
@@ -89,12 +98,12 @@ def pop_int(options: dict[str, str], key: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"teacher option {key}={value!r} is not an integer") from None
+        raise UserError(f"teacher option {key}={value!r} is not an integer") from None
 
 
 def check_no_options_left(kind: str, options: dict[str, str]) -> None:
     if options:
-        raise ValueError(f"{kind} teacher: unknown option(s) {sorted(options)}")
+        raise UserError(f"{kind} teacher: unknown option(s) {sorted(options)}")
 
 
 def load_teacher(spec: "str | dict[str, Any] | TeacherSpec", device: str | torch.device = "cpu"):

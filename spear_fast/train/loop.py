@@ -14,7 +14,9 @@ Reproducibility: every random draw of a micro-batch (mixing, masking, dropout) c
 sampler's (seed, epoch) and its resume position, so a resumed run repeats the uninterrupted run's
 losses exactly (tests/test_train_resume.py).
 Stopping: SIGTERM/SIGINT set a flag; the loop finishes the current step, saves a checkpoint and
-returns (all ranks agree through an all_reduce of the flag).
+returns (all ranks agree through an all_reduce of the flag); train.py then exits with 128 + the
+signal's number, so a scheduler tells a pre-empted run from a finished one. DataLoader workers ignore
+both signals (a process-group signal reaches them too).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from spear_fast.audio import fbank
 from spear_fast.data.dataset import Batch
 from spear_fast.data.manifest import ManifestEntry
 from spear_fast.data.token_store import TokenStore
+from spear_fast.errors import UserError
 from spear_fast.masking import compute_masks
 from spear_fast.model.config import config_to_dict, param_count
 from spear_fast.model.student import SpearStudent
@@ -47,11 +50,12 @@ from spear_fast.objective import (
     SpearObjective,
     frame_weights,
 )
-from spear_fast.train import checkpoint as ckpt
+from spear_fast import checkpoint as ckpt
 from spear_fast.train.augment import augment_batch
 from spear_fast.train.config import TrainConfig, train_config_from_dict
 from spear_fast.train.data import SkipReport, build_loader, teacher_specs
-from spear_fast.train.metrics import RunLog, peak_flops, plot_losses, step_flops
+from spear_fast.plot import plot_losses
+from spear_fast.train.metrics import RunLog, peak_flops, step_flops
 from spear_fast.train.scaled_adam import ScaledAdam
 from spear_fast.train.schedule import lr_factor
 
@@ -98,6 +102,8 @@ class TrainResult:
     stopped_by_signal: bool
     checkpoint: Path | None
     run_dir: Path
+    is_main: bool = True  # rank 0 (the process that writes logs, checkpoints and reports)
+    stop_signal: int | None = None  # the signal that stopped the run (SIGTERM on ranks that did not get one)
 
 
 def micro_seed(seed: int, step: int, micro: int) -> int:
@@ -138,7 +144,7 @@ def resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"runtime.device={name!r} but CUDA is not available")
+            raise UserError(f"runtime.device={name!r} but CUDA is not available")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device
@@ -199,11 +205,13 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batches_done = 0
+        self.no_token_steps = 0  # steps of this process's run whose clips carried no tokens (update skipped)
         self.resumed_from: Path | None = None
+        self.unloadable_checkpoints: list[str] = []  # newer checkpoints a resume skipped, with the reason
         if resume:
-            latest = ckpt.latest_checkpoint(self.run_dir)
+            latest, state, self.unloadable_checkpoints = ckpt.load_newest_checkpoint(self.run_dir)
             if latest is not None:
-                self._load(latest)
+                self._load(latest, state)
                 self.resumed_from = latest
         self.sampler.set_epoch(self.epoch)
 
@@ -260,21 +268,22 @@ class Trainer:
         state = self._state()  # collective under DDP: every rank calls it
         path = None
         if self.is_main:
-            path = ckpt.save_checkpoint(state, self.run_dir, self.step, self.config.checkpoint.keep_last)
+            path = ckpt.save_checkpoint(state, self.run_dir, self.step, self.config.checkpoint.keep_last,
+                                        self.config.checkpoint.keep_every)
         if self.world_size > 1:
             dist.barrier()
         return path
 
-    def _load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path)
+    def _load(self, path: Path, state: dict[str, Any]) -> None:
+        """Restore the run from `state`, the checkpoint loaded from `path`."""
         stored = train_config_from_dict(state["config"])
         if stored.model != self.config.model or stored.loss != self.config.loss:
-            raise ValueError(f"{path}: the checkpoint's model/loss config differs from this run's; resume with the "
-                             f"same --preset/--set/token stores (or a new --out)")
+            raise UserError(f"{path}: the checkpoint's model/loss config differs from this run's; resume with the "
+                            f"same --preset/--set/token stores (or a new --out)")
         sampler = state["sampler"]
         if sampler["world_size"] != self.world_size:
-            raise ValueError(f"{path}: saved by {sampler['world_size']} process(es), resumed with {self.world_size}; "
-                             f"resume with the same number of processes")
+            raise UserError(f"{path}: saved by {sampler['world_size']} process(es), resumed with {self.world_size}; "
+                            f"resume with the same number of processes")
         self.module.student.load_state_dict(state["model"])
         self.module.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -306,7 +315,7 @@ class Trainer:
                 yield loaded.batch
             empty_epochs = 0 if got_one else empty_epochs + 1
             if empty_epochs >= 2:
-                raise ValueError(f"rank {self.rank}: a whole epoch gave no usable clip (see {self.skips.path})")
+                raise UserError(f"rank {self.rank}: a whole epoch gave no usable clip (see {self.skips.path})")
             self.epoch += 1
             self.batches_done = 0
             self.sampler.set_epoch(self.epoch)
@@ -372,17 +381,29 @@ class Trainer:
         lr = self.config.optim.lr * lr_factor(self.config.schedule, self.step, self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_limit))
+        # Frames with a target, all teachers, all ranks: 0 when every clip of the step lacks its tokens
+        # (data.allow_missing_tokens). Its loss is a constant 0, so an update would only apply weight decay
+        # and stale momentum: the step is skipped and counted. (stats is on the host already.)
+        covered = stats[1 + len(names): 1 + 2 * len(names)].sum().reshape(1)  # (1,) float64, host
+        if self.world_size > 1:
+            covered = self._all_reduce(covered.to(self.device)).cpu()
+        no_tokens = float(covered) == 0.0
         skipped_update = False
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
-            self.scaler.update()
-        elif math.isfinite(grad_norm):
-            self.optimizer.step()
-        else:
+        if no_tokens:
+            grad_norm = 0.0
             skipped_update = True
+            self.no_token_steps += 1
+        else:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_limit))
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
+                self.scaler.update()
+            elif math.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                skipped_update = True
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None and not skipped_update:
             self._update_ema()
@@ -407,6 +428,8 @@ class Trainer:
             record["mfu"] = float(stats[-1]) / elapsed / (self.peak * self.world_size)
         if skipped_update:
             record["skipped_update"] = True
+        if no_tokens:
+            record["no_tokens"] = True
         return record
 
     @torch.no_grad()
@@ -427,8 +450,12 @@ class Trainer:
             self._say(f"run {self.run_dir}: {self.num_params:,} parameters (student + heads), device {self.device}, "
                       f"precision {self.precision}, compile {'on' if self.compiled else 'off'}, "
                       f"{self.world_size} process(es), teachers {[s.name for s in self.specs]}")
+            for skipped in self.unloadable_checkpoints:
+                self._say(f"resume: skipped {skipped}")
             if self.resumed_from is not None:
                 self._say(f"resumed from {self.resumed_from} at step {self.step}")
+            elif self.unloadable_checkpoints:
+                self._say("resume: no checkpoint of the run loads; starting from step 0")
             if log is not None and log.tensorboard_note:
                 self._say(log.tensorboard_note)
         progress = None
@@ -449,7 +476,8 @@ class Trainer:
                     self._report(record, progress)
                 flag = torch.tensor([1.0 if stop.raised is not None else 0.0], device=self.device)
                 stopped = bool(self._all_reduce(flag, dist.ReduceOp.MAX if self.world_size > 1 else None).item() > 0)
-                if stopped or self.step % config.checkpoint.every_steps == 0 or self.step >= self.max_steps:
+                milestone = config.checkpoint.keep_every and self.step % config.checkpoint.keep_every == 0
+                if stopped or milestone or self.step % config.checkpoint.every_steps == 0 or self.step >= self.max_steps:
                     last_saved = self.save() or last_saved
                 if stopped:
                     if self.is_main:
@@ -464,11 +492,16 @@ class Trainer:
         if self.is_main:
             if self.skips.count:
                 self._say(f"{self.skips.count} clip(s) skipped: see {self.skips.path}")
+            if self.no_token_steps:
+                self._say(f"{self.no_token_steps} step(s) had no clip with tokens: their optimiser update was "
+                          f"skipped (log.jsonl marks them no_tokens)")
             if config.logging.plot:
                 note = plot_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
                 if note:
                     self._say(note + " (pip install matplotlib)")
-        return TrainResult(self.step, stopped, last_saved, self.run_dir)
+        stop_signal = (stop.raised or signal.SIGTERM) if stopped else None
+        return TrainResult(self.step, stopped, last_saved, self.run_dir, self.is_main,
+                           None if stop_signal is None else int(stop_signal))
 
     def _say(self, text: str) -> None:
         from tqdm import tqdm

@@ -1,24 +1,19 @@
-"""`python train.py`: resolve the config, check the data, train (see loop.py). torchrun-ready.
+"""`python train.py --manifest M --tokens ...`: resolve the config, check the data, train (loop.py).
 
-    python train.py --preset tiny                                   # the embedded demo, end to end
-    python train.py --preset tiny --teachers speech                 # its single-teacher ablation
     python train.py --preset large --manifest m.jsonl --tokens speech=S --tokens audio=A --out runs/large
     torchrun --nproc_per_node 8 train.py --preset base ... --resume
     python train.py --preset base --set optim.lr=3e-4 --set model.encoder.num_layers=6 --print-config
 
-Without --manifest/--tokens it runs the embedded demo: the demo data chain (spear_fast.pipeline.demo),
-pre-training in runs/<preset>[-<teachers>], then the probes of the student, both teachers, fbank and a
-random-init student with a results table, report.json and report.png (spear_fast.eval.demo_report).
-A rerun reuses every finished stage (it resumes the run when it holds a checkpoint).
+This module launches training on given data. `python train.py` without --manifest/--tokens runs the
+embedded demo instead (spear_fast/demo/run.py), which builds its data and then calls `launch` here;
+spear_fast.cli.train_main chooses between the two.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 from pathlib import Path
 
+from spear_fast.errors import UserError
 from spear_fast.model.config import apply_overrides, describe, param_count
 
 
@@ -49,126 +44,99 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def wants_demo(args: argparse.Namespace) -> bool:
+    """No data flags (and not just --print-config): the embedded demo builds its own data."""
+    return args.manifest is None and not args.tokens and not args.print_config
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Checks of the flags themselves, before any data is touched; fills in the default --out:
+    runs/<preset>, and for the demo's single-teacher ablations (no data flags, --teachers speech|audio)
+    runs/<preset>-<teachers>, so they do not resume the default run."""
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.out is None:
+        no_data = args.manifest is None and not args.tokens
+        suffix = f"-{args.teachers}" if no_data and args.teachers not in (None, "both") else ""
+        args.out = str(Path("runs") / (args.preset + suffix))
+
+
 def resolve_config(args: argparse.Namespace):
     """The run's TrainConfig: the checkpoint's when resuming one, else the preset's; then --teachers/--set."""
-    from spear_fast.train import checkpoint as ckpt
+    from spear_fast import checkpoint as ckpt
     from spear_fast.train.config import train_config, train_config_from_dict
 
     overrides = list(args.overrides)
     if args.teachers is not None:
         overrides.insert(0, f"loss.teachers={args.teachers}")
-    latest = ckpt.latest_checkpoint(Path(args.out)) if args.resume and args.out else None
-    if latest is not None:
-        config = train_config_from_dict(ckpt.load_checkpoint(latest)["config"])
+    state = ckpt.load_newest_checkpoint(Path(args.out))[1] if args.resume and args.out else None
+    if state is not None:
+        config = train_config_from_dict(state["config"])
     else:
         config = train_config(args.preset)
     config = apply_overrides(config, overrides)
     return config
 
 
+def print_config(config) -> None:
+    print("\n".join(describe(config)))
+    count = param_count(config.model)
+    print(f"# student parameters: {count:,} ({count / 1e6:.1f} M; heads add d x N x 256 per teacher)")
+
+
 def parse_token_dirs(items: list[str]) -> dict[str, Path]:
     dirs = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--tokens {item!r}: expected TEACHER=DIR (speech=DIR or audio=DIR)")
+            raise UserError(f"--tokens {item!r}: expected TEACHER=DIR (speech=DIR or audio=DIR)")
         name, directory = item.split("=", 1)
         if name in dirs:
-            raise ValueError(f"--tokens: teacher {name!r} given twice")
+            raise UserError(f"--tokens: teacher {name!r} given twice")
         dirs[name] = Path(directory)
     return dirs
 
 
-def demo_work_dir(args: argparse.Namespace) -> Path:
-    default = Path.home() / ".cache/spear-fast" / ("demo-data" if args.demo_size == "full" else "demo-data-tiny")
-    return Path(args.demo_dir or os.environ.get("SPEAR_DEMO_DIR") or default)
-
-
-def demo_data(args: argparse.Namespace):
-    """The embedded demo corpus (built on first use by spear_fast.pipeline.demo): a DemoData."""
-    try:
-        from spear_fast.pipeline.demo import prepare_demo_data
-    except ImportError as error:
-        raise ValueError(f"no --manifest/--tokens given and the demo pipeline is unavailable ({error}); pass "
-                         f"--manifest M --tokens speech=DIR [--tokens audio=DIR]") from error
-    return prepare_demo_data(demo_work_dir(args), tiny=args.demo_size == "tiny")
-
-
-def run(argv: list[str] | None = None):
-    """Parse, validate and train; raises ValueError on bad input (main() prints it)."""
-    args = build_arg_parser().parse_args(argv)
-    demo_mode = args.manifest is None and not args.tokens
-    if args.out is None:  # the demo's ablation runs (--teachers speech|audio) get their own directories
-        suffix = f"-{args.teachers}" if demo_mode and args.teachers not in (None, "both") else ""
-        args.out = str(Path("runs") / (args.preset + suffix))
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
-    from spear_fast.train.checkpoint import latest_checkpoint
-
-    if demo_mode and not args.print_config and latest_checkpoint(Path(args.out)) is not None:
-        args.resume = True  # the demo reuses finished stages: continue (or just re-report) its run
-    config = resolve_config(args)
-    if args.print_config:
-        print("\n".join(describe(config)))
-        count = param_count(config.model)
-        print(f"# student parameters: {count:,} ({count / 1e6:.1f} M; heads add d x N x 256 per teacher)")
-        return None
-
+def launch(args: argparse.Namespace, config, manifest_path: Path, token_dirs: dict[str, Path]):
+    """Check the data against the config, then train into args.out; returns the TrainResult."""
     import torch.distributed as dist
 
+    from spear_fast.checkpoint import latest_checkpoint
     from spear_fast.data.manifest import read_manifest
     from spear_fast.train.data import open_token_stores, validate_corpus
     from spear_fast.train.loop import Trainer, init_distributed
 
-    started = time.perf_counter()
-    token_dirs = parse_token_dirs(args.tokens)
-    demo = None
-    if demo_mode:
-        demo = demo_data(args)
-        manifest_path, token_dirs = Path(demo.manifest_path), {k: Path(d) for k, d in demo.token_dirs.items()}
-    elif args.manifest is None or not token_dirs:
-        raise ValueError("give both --manifest and --tokens (or neither, for the demo corpus)")
-    else:
-        manifest_path = Path(args.manifest)
     # everything checkable is checked before the model is built
     stores = open_token_stores(token_dirs, config)
     entries, skipped = validate_corpus(read_manifest(manifest_path), stores, config)
     config.validate()
     existing = latest_checkpoint(Path(args.out))
     if existing is not None and not args.resume:
-        raise ValueError(f"{args.out} already holds checkpoints (newest {existing.name}); pass --resume to continue "
-                         f"that run or choose another --out")
+        raise UserError(f"{args.out} already holds checkpoints (newest {existing.name}); pass --resume to continue "
+                        f"that run or choose another --out")
     created = init_distributed(config)
-    data_seconds = time.perf_counter() - started
     try:
         trainer = Trainer(config, entries, stores, Path(args.out), resume=args.resume, max_steps=args.max_steps,
                           skipped=skipped)
-        result = trainer.fit()
+        return trainer.fit()
     finally:
         if created:
             dist.destroy_process_group()
-    if demo is not None and not args.no_report and not result.stopped_by_signal and trainer.is_main:
-        report_demo(args, config, demo, result, {"data": data_seconds,
-                                                 "train": time.perf_counter() - started - data_seconds})
-    return result
 
 
-def report_demo(args: argparse.Namespace, config, demo, result, stage_seconds: dict[str, float]) -> dict:
-    """The demo's last stage: probe the student, both teachers and the baselines; table + report."""
-    from spear_fast.eval.demo_report import DemoReportInputs, demo_report
-
-    if result.checkpoint is None:  # fit() saves at its last step and reports a resumed run's checkpoint
-        raise ValueError(f"demo report: {result.run_dir} holds no checkpoint to probe")
-    return demo_report(DemoReportInputs(
-        run_dir=result.run_dir, checkpoint=result.checkpoint, student_config=config.model,
-        teachers_used=config.loss.teachers, teacher_specs=dict(demo.teachers), probes_dir=Path(demo.probes_dir),
-        cache_dir=demo_work_dir(args) / "probe-features",
-        stage_seconds={k: round(v, 1) for k, v in stage_seconds.items()}, progress=config.logging.progress))
+def run(argv: list[str] | None = None):
+    """Parse, validate and train on --manifest/--tokens (or only --print-config); raises ValueError on
+    bad input. Returns the TrainResult (None for --print-config)."""
+    args = build_arg_parser().parse_args(argv)
+    return run_args(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except ValueError as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+def run_args(args: argparse.Namespace):
+    check_args(args)
+    config = resolve_config(args)
+    if args.print_config:
+        print_config(config)
+        return None
+    token_dirs = parse_token_dirs(args.tokens)
+    if args.manifest is None or not token_dirs:
+        raise UserError("give both --manifest and --tokens (or neither, for the demo corpus)")
+    return launch(args, config, Path(args.manifest), token_dirs)

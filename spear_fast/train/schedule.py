@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from spear_fast.errors import UserError
 from spear_fast.train.config import ScheduleConfig
 
 
@@ -32,5 +33,5 @@ def lr_factor(config: ScheduleConfig, step: int, epoch: int = 0) -> float:
         s, e = config.eden_lr_steps, config.eden_lr_epochs
         decay = ((step**2 + s**2) / s**2) ** -0.25 * ((epoch**2 + e**2) / e**2) ** -0.25
     else:
-        raise ValueError(f"schedule.kind must be cosine, eden or constant, got {config.kind!r}")
+        raise UserError(f"schedule.kind must be cosine, eden or constant, got {config.kind!r}")
     return warmup * decay

@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spear_fast.train.export import export_checkpoint
+    from spear_fast.model.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out_dir, use_ema=not args.no_ema)
     print(f"exported {args.checkpoint} -> {out}")

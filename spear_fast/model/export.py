@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from spear_fast.checkpoint import load_checkpoint
+from spear_fast.model.config import StudentConfig, config_from_dict
 from spear_fast.model.pretrained import save_pretrained
-from spear_fast.train.checkpoint import load_checkpoint
-from spear_fast.train.config import train_config_from_dict
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, use_ema: bool = True) -> Path:
     state = load_checkpoint(checkpoint)
-    config = train_config_from_dict(state["config"])
+    config = config_from_dict(StudentConfig, state["config"]["model"])
     weights = state["model"]
     ema = state.get("ema")
     used_ema = bool(use_ema and ema)
@@ -23,4 +23,4 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         # EMA holds the floating-point entries; anything else (none today) comes from the live model
         weights = {k: (ema[k].to(v.dtype) if k in ema else v) for k, v in weights.items()}
     source = {"checkpoint": str(Path(checkpoint).resolve()), "step": int(state["step"]), "ema": used_ema}
-    return save_pretrained(weights, config.model, out_dir, source=source)
+    return save_pretrained(weights, config, out_dir, source=source)

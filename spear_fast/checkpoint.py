@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from spear_fast.atomic import atomic_open
+from spear_fast.errors import UserError
 
 FORMAT = "spear-fast train checkpoint v1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -43,15 +44,25 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep_last: int) -> Path:
-    """Write `state` atomically as ckpt-{step}.pt, then delete all but the newest `keep_last`."""
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint file was saved at (from its name)."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise UserError(f"{path}: not a checkpoint name (ckpt-XXXXXXXX.pt)")
+    return int(match.group(1))
+
+
+def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep_last: int, keep_every: int = 0) -> Path:
+    """Write `state` atomically as ckpt-{step}.pt, then delete all but the newest `keep_last`, except
+    milestones: checkpoints whose step is a multiple of `keep_every` (> 0) are kept for good."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(run_dir, step)
     with atomic_open(path, "wb") as stream:
         torch.save({"format": FORMAT, **state}, stream)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        old.unlink()
+        if keep_every <= 0 or checkpoint_step(old) % keep_every:
+            old.unlink()
     return path
 
 
@@ -59,15 +70,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint written by save_checkpoint (weights_only: tensors and plain values only)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} not found")
+        raise UserError(f"checkpoint {path} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt file, or one holding arbitrary pickled objects
-        raise ValueError(f"checkpoint {path} cannot be loaded safely: {error}") from error
+        raise UserError(f"checkpoint {path} cannot be loaded safely: {error}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"checkpoint {path}: not a spear-fast training checkpoint (format {found!r})")
+        raise UserError(f"checkpoint {path}: not a spear-fast training checkpoint (format {found!r})")
     return state
+
+
+def load_newest_checkpoint(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """(path, state, skipped) of the newest checkpoint of a run that loads ((None, None, skipped) when
+    none does). skipped: one "NAME (reason)" per newer checkpoint that could not be loaded (a run
+    killed while the disk filled, a file damaged since), so a resume goes on from the last good state."""
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path), skipped
+        except UserError as error:
+            skipped.append(f"{path.name} ({error})")
+    return None, None, skipped
 
 
 def capture_rng() -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""The embedded demo end to end, what `python train.py` does without --manifest/--tokens:
+
+    demo corpus -> data chain (teacher frames, quantisers, token stores; spear_fast.pipeline.demo)
+    -> pre-training in runs/<preset>[-<teachers>] (spear_fast.train.main.launch)
+    -> probes of the student, both teachers, fbank and a random-init student, with a results table,
+       report.json and report.png (spear_fast.eval.demo_report)
+
+A rerun reuses every finished stage: the data chain skips what is complete, and the run resumes from
+its newest checkpoint (or only re-reports when it is finished).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from spear_fast.checkpoint import latest_checkpoint
+from spear_fast.errors import UserError
+from spear_fast.train.main import check_args, launch, resolve_config
+
+
+DEMO_PRESET = "tiny"  # the student the demo's half hour of audio and CPU budget are sized for
+
+
+def demo_work_dir(args: argparse.Namespace) -> Path:
+    default = Path.home() / ".cache/spear-fast" / ("demo-data" if args.demo_size == "full" else "demo-data-tiny")
+    return Path(args.demo_dir or os.environ.get("SPEAR_DEMO_DIR") or default)
+
+
+def demo_data(args: argparse.Namespace):
+    """The embedded demo corpus (built on first use by spear_fast.pipeline.demo): a DemoData."""
+    try:
+        from spear_fast.pipeline.demo import prepare_demo_data
+    except ImportError as error:
+        raise UserError(f"no --manifest/--tokens given and the demo pipeline is unavailable ({error}); pass "
+                        f"--manifest M --tokens speech=DIR [--tokens audio=DIR]") from error
+    return prepare_demo_data(demo_work_dir(args), tiny=args.demo_size == "tiny")
+
+
+def run_demo(args: argparse.Namespace):
+    """Data chain, pre-training, then (unless --no-report) the report; raises ValueError on bad input.
+    Returns the TrainResult. A preset above the demo's stops with one line: its schedule (hundreds of
+    thousands of steps, minutes each on a CPU) means nothing on the demo's half hour of audio."""
+    check_args(args)
+    if args.preset != DEMO_PRESET:
+        raise UserError(f"--preset {args.preset} needs real data: pass --manifest M --tokens speech=DIR "
+                        f"[--tokens audio=DIR] (see the README's \"Real scale\"); without them train.py runs the "
+                        f"embedded demo, sized for --preset {DEMO_PRESET}")
+    if latest_checkpoint(Path(args.out)) is not None:
+        args.resume = True  # the demo reuses finished stages: continue (or just re-report) its run
+    config = resolve_config(args)
+    started = time.perf_counter()
+    demo = demo_data(args)
+    data_seconds = time.perf_counter() - started
+    result = launch(args, config, Path(demo.manifest_path), {k: Path(d) for k, d in demo.token_dirs.items()})
+    if not args.no_report and not result.stopped_by_signal and result.is_main:
+        report_demo(args, config, demo, result, {"data": data_seconds,
+                                                 "train": time.perf_counter() - started - data_seconds})
+    return result
+
+
+def report_demo(args: argparse.Namespace, config, demo, result, stage_seconds: dict[str, float]) -> dict:
+    """The demo's last stage: probe the student, both teachers and the baselines; table + report."""
+    from spear_fast.eval.demo_report import DemoReportInputs, demo_report
+
+    if result.checkpoint is None:  # fit() saves at its last step and reports a resumed run's checkpoint
+        raise UserError(f"demo report: {result.run_dir} holds no checkpoint to probe")
+    return demo_report(DemoReportInputs(
+        run_dir=result.run_dir, checkpoint=result.checkpoint, student_config=config.model,
+        teachers_used=config.loss.teachers, teacher_specs=dict(demo.teachers), probes_dir=Path(demo.probes_dir),
+        cache_dir=demo_work_dir(args) / "probe-features",
+        stage_seconds={k: round(v, 1) for k, v in stage_seconds.items()}, keep_every=config.checkpoint.keep_every,
+        progress=config.logging.progress))
