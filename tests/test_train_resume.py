@@ -131,3 +131,20 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, tmp_path):
     result = run(argv + ["--resume", "--max-steps", str(step + 2)])
     assert result.step == step + 2
     assert [r["step"] for r in read_log(log)] == list(range(1, step + 3))
+
+
+def test_no_loader_worker_outlives_the_run(corpus, tmp_path):
+    """The workers ignore SIGTERM (a group-wide signal must reach the trainer alone), so at interpreter
+    exit multiprocessing's terminate-then-join of a still-running worker would wait forever: the
+    run stops them itself, whatever still refers to the trainer."""
+    import gc
+    import multiprocessing
+
+    gc.disable()  # reference cycles stay alive, as they may at interpreter exit
+    try:
+        result = run(train_argv(corpus, tmp_path / "run", "--max-steps", "2",
+                                overrides=["data.num_workers=1", "checkpoint.every_steps=1000"]))
+        assert result.step == 2
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()

@@ -153,6 +153,16 @@ def build_loader(entries: Sequence[ManifestEntry], stores: Mapping[str, TokenSto
     return loader, sampler
 
 
+def stop_workers(loader: torch.utils.data.DataLoader) -> None:
+    """Stop a loader's persistent workers now. They ignore SIGTERM (`_ignore_stop_signals`), so they
+    must not outlive the run: at interpreter exit multiprocessing terminates daemonic children with
+    SIGTERM and then joins them, which would wait forever on a worker still alive then."""
+    iterator = getattr(loader, "_iterator", None)  # where persistent_workers keeps the live iterator
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """Ctrl-C, and the SIGTERM of `timeout`, SLURM or Kubernetes, reach the whole process group: workers
     ignore both, so the trainer finishes its step, saves and stops them itself (a worker killed by the

@@ -53,7 +53,7 @@ from spear_fast.objective import (
 from spear_fast import checkpoint as ckpt
 from spear_fast.train.augment import augment_batch
 from spear_fast.train.config import TrainConfig, train_config_from_dict
-from spear_fast.train.data import SkipReport, build_loader, teacher_specs
+from spear_fast.train.data import SkipReport, build_loader, stop_workers, teacher_specs
 from spear_fast.plot import plot_losses
 from spear_fast.train.metrics import RunLog, peak_flops, step_flops
 from spear_fast.train.scaled_adam import ScaledAdam
@@ -484,6 +484,8 @@ class Trainer:
                         self._say(f"stopped by signal at step {self.step}; checkpoint {last_saved}")
                     break
         finally:
+            batches.close()
+            stop_workers(self.loader)
             stop.restore()
             if progress is not None:
                 progress.close()
