@@ -20,8 +20,8 @@ import torch
 from spear_fast.audio import AudioError, load_audio
 from spear_fast.data.manifest import DOMAINS, ManifestEntry
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
-SAMPLE_RATE = 16000  # every teacher takes 16 kHz mono
 # Longest clip a pass accepts (seconds). Longer files are refused with a reason in the skip report
 # rather than cut into chunks: a global-attention teacher (WavLM, HuBERT) gives different frames for a
 # chunked file than for the whole one, and a 2-hour file in one piece needs (T x T) attention memory.
