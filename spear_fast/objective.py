@@ -36,11 +36,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from kernels import IGNORE_INDEX
 from kernels.linear_multi_target_ce import linear_multi_target_ce
 
 from spear_fast.errors import UserError
 
-IGNORE = -100  # target value that contributes nothing (same convention as the op and token_mix)
 DOMAINS = ("speech", "audio")
 MODES = ("asymmetric", "own_teacher", "both_all")
 
@@ -125,13 +125,13 @@ def align_targets(tokens: torch.Tensor, token_lengths: torch.Tensor, teacher_rat
     repeat, group = rate_ratio(teacher_rate, student_rate)
     tokens = tokens.to(torch.int64)
     beyond = torch.arange(teacher_frames, device=tokens.device)[None, :] >= token_lengths[:, None]  # (B, T_t)
-    tokens = tokens.masked_fill(beyond[..., None], IGNORE)
+    tokens = tokens.masked_fill(beyond[..., None], IGNORE_INDEX)
     if repeat > 1:
         tokens = tokens.repeat_interleave(repeat, dim=1)  # (B, k T_t, N)
         aligned_lengths = token_lengths * repeat
     elif group > 1:
         padded_frames = math.ceil(teacher_frames / group) * group
-        tokens = nn.functional.pad(tokens, (0, 0, 0, padded_frames - teacher_frames), value=IGNORE)
+        tokens = nn.functional.pad(tokens, (0, 0, 0, padded_frames - teacher_frames), value=IGNORE_INDEX)
         tokens = tokens.reshape(batch, padded_frames // group, group * codebooks)  # (B, T_t / g, g N)
         aligned_lengths = (token_lengths + group - 1) // group
     else:
@@ -144,10 +144,10 @@ def align_targets(tokens: torch.Tensor, token_lengths: torch.Tensor, teacher_rat
         raise ValueError(f"{name}: utterance {b} has {int(aligned_lengths[b])} token frames at the student rate "
                          f"{student_rate} Hz ({int(token_lengths[b])} at {teacher_rate} Hz) but the student has "
                          f"{int(student_lengths[b])} frames (tolerance {max_mismatch})")
-    out = tokens.new_full((batch, num_frames, tokens.shape[2]), IGNORE)  # (B, T', g N)
+    out = tokens.new_full((batch, num_frames, tokens.shape[2]), IGNORE_INDEX)  # (B, T', g N)
     width = min(num_frames, tokens.shape[1])
     keep = torch.arange(width, device=tokens.device)[None, :] < torch.minimum(aligned_lengths, student_lengths)[:, None]
-    out[:, :width] = tokens[:, :width].masked_fill(~keep[..., None], IGNORE)
+    out[:, :width] = tokens[:, :width].masked_fill(~keep[..., None], IGNORE_INDEX)
     return out
 
 
@@ -232,7 +232,7 @@ class SpearObjective(nn.Module):
                                         self.student_frame_rate, lengths, num_frames, config.max_length_mismatch,
                                         name=spec.name)  # (B, T', g N)
                 teacher_w = weights * applies[:, None]  # (B, T')
-                keep = (teacher_w > 0) & (aligned != IGNORE).any(dim=2)  # (B, T')
+                keep = (teacher_w > 0) & (aligned != IGNORE_INDEX).any(dim=2)  # (B, T')
                 selected = keep.reshape(-1).nonzero().squeeze(1)  # (F,)
             if selected is None or selected.numel() == 0:
                 # keep the head in the graph (DDP expects every parameter to receive a gradient)
