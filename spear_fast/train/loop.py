@@ -53,7 +53,7 @@ from spear_fast.objective import (
 from spear_fast import checkpoint as ckpt
 from spear_fast.train.augment import augment_batch
 from spear_fast.train.config import TrainConfig, train_config_from_dict
-from spear_fast.train.data import SkipReport, build_loader, teacher_specs
+from spear_fast.train.data import SkippedClipsLog, build_loader, teacher_specs
 from spear_fast.plot import plot_losses
 from spear_fast.train.metrics import RunLog, peak_flops, step_flops
 from spear_fast.train.scaled_adam import ScaledAdam
@@ -225,7 +225,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.peak = peak_flops(self.device)
-        self.skips = SkipReport(self.run_dir / "skipped.jsonl", self.rank)
+        self.skips = SkippedClipsLog(self.run_dir / "skipped.jsonl", self.rank)
         if self.is_main and skipped and self.resumed_from is None:
             self.skips.add(skipped)
 
