@@ -28,6 +28,7 @@ trimmed, missing ones padded with -100; a larger difference raises ValueError na
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,16 +56,30 @@ class TeacherSpec:
 
 
 @dataclass
-class ObjectiveConfig:
-    teachers: tuple[TeacherSpec, ...] = field(default=(), metadata={"doc": "the teachers, one head each"})
-    alpha: float = field(default=0.5, metadata={"doc": "frame weight of masked frames (1 - alpha: unmasked)",
-                                                 "ge": 0.0, "le": 1.0})
+class ObjectiveSettings:
+    """The objective's settings that hold for any set of teachers. ObjectiveConfig adds the teachers; the
+    training config's `loss` section (spear_fast/train/config.py) adds what its token stores hold."""
+
+    alpha: float = field(default=0.5, metadata={
+        "doc": "frame weight of masked frames (unmasked frames: 1 - alpha)", "ge": 0.0, "le": 1.0})
     lambda_audio: float = field(default=0.1, metadata={"doc": "weight of the audio teachers' loss", "ge": 0.0})
-    mode: Literal["asymmetric", "own_teacher", "both_all"] = field(
-        default="asymmetric", metadata={"doc": "which teacher applies to which clip domain (module docstring)"})
+    mode: Literal["asymmetric", "own_teacher", "both_all"] = field(default="asymmetric", metadata={
+        "doc": "asymmetric: speech teachers on all clips, audio teachers on audio clips; own_teacher: each "
+               "teacher on its own domain; both_all: every teacher on every clip"})
     max_length_mismatch: int = field(default=2, metadata={
         "doc": "tolerated |token frames - student frames| per clip after alignment, at the student rate",
         "ge": 0})
+
+
+@dataclass
+class ObjectiveConfig(ObjectiveSettings):
+    teachers: tuple[TeacherSpec, ...] = field(default=(), metadata={"doc": "the teachers, one head each"})
+
+    @classmethod
+    def for_teachers(cls, teachers: Sequence[TeacherSpec], settings: ObjectiveSettings) -> ObjectiveConfig:
+        """The objective of `teachers` with the settings of `settings` (e.g. the training config's loss)."""
+        shared = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ObjectiveSettings)}
+        return cls(teachers=tuple(teachers), **shared)
 
     def validate(self) -> None:
         if not self.teachers:

@@ -182,9 +182,7 @@ class Trainer:
         self.frame_rates = {spec.name: spec.frame_rate for spec in self.specs}
         torch.manual_seed(config.runtime.seed)  # the initial weights
         student = SpearStudent(config.model)
-        objective = SpearObjective(ObjectiveConfig(teachers=self.specs, alpha=config.loss.alpha,
-                                                   lambda_audio=config.loss.lambda_audio, mode=config.loss.mode,
-                                                   max_length_mismatch=config.loss.max_length_mismatch),
+        objective = SpearObjective(ObjectiveConfig.for_teachers(self.specs, config.loss),
                                    student.dim, student.frame_rate)
         self.module = TrainModule(student, objective).to(self.device)
         self.head_outputs = sum(head.out_features for head in objective.heads.values())
