@@ -26,27 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spear_fast.atomic import atomic_write_json
 from spear_fast.audio import MIN_SAMPLES
 from spear_fast.data.manifest import ManifestEntry, read_manifest
-
-from .clips import (
-    DEFAULT_MAX_DURATION,
-    SAMPLE_RATE,
-    Skip,
-    Throughput,
-    duration_batches,
-    exclusive_lock,
-    load_batch,
-    read_json,
-    run_teacher,
-    select_domain,
-    shard_entries,
-    worker_tag,
-)
-from spear_fast.atomic import atomic_write_json
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
+from .clips import DEFAULT_MAX_DURATION, Skip, duration_batches, load_batch, select_domain
+from .inference import run_teacher
+from .locks import exclusive_lock
+from .progress import Throughput
 from .report import SkipReport, merge_reports
+from .workers import read_json, shard_entries, worker_tag
 
 PARTS_DIR = "parts"
 REPORT_NAME = "skipped.jsonl"
@@ -211,8 +202,9 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
             clock = time.perf_counter()
             loaded, skips = load_batch(batch, config.max_duration, min_samples)
             summary.load_seconds += time.perf_counter() - clock
-            results, seconds = run_teacher(teacher, loaded) if loaded else ([], 0.0)
-            summary.teacher_seconds += seconds
+            clock = time.perf_counter()
+            results = run_teacher(teacher, loaded) if loaded else []
+            summary.teacher_seconds += time.perf_counter() - clock
             samples = {entry.id: wave.numel() for entry, wave in loaded}
             for entry, frames in results:  # frames (T, D)
                 rows = sample_rows(entry.id, frames.shape[0], config.frames_per_clip, config.seed)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from spear_fast.atomic import atomic_write_json
 from spear_fast.audio import MIN_SAMPLES
 from spear_fast.data.manifest import ManifestEntry, read_manifest
 from spear_fast.data.token_store import (
@@ -38,26 +39,16 @@ from spear_fast.data.token_store import (
     finalize_token_store,
     stored_ids,
 )
-
-from .clips import (
-    DEFAULT_MAX_DURATION,
-    SAMPLE_RATE,
-    Skip,
-    Throughput,
-    duration_batches,
-    exclusive_lock,
-    load_batch,
-    read_json,
-    run_teacher,
-    select_domain,
-    shard_entries,
-    worker_tag,
-)
-from spear_fast.atomic import atomic_write_json
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 from spear_fast.teachers.spec import TeacherSpec
 
+from .clips import DEFAULT_MAX_DURATION, Skip, duration_batches, load_batch, select_domain
+from .inference import run_teacher
+from .locks import exclusive_lock
+from .progress import Throughput
 from .report import SkipReport, merge_reports, read_report
+from .workers import read_json, shard_entries, worker_tag
 
 MARKER_DIR = "workers"
 REPORT_NAME = "skipped.jsonl"
@@ -194,8 +185,9 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
             clock = time.perf_counter()
             loaded, skips = load_batch(batch, config.max_duration, min_samples)
             summary.load_seconds += time.perf_counter() - clock
-            results, seconds = run_teacher(teacher, loaded) if loaded else ([], 0.0)
-            summary.teacher_seconds += seconds
+            clock = time.perf_counter()
+            results = run_teacher(teacher, loaded) if loaded else []
+            summary.teacher_seconds += time.perf_counter() - clock
             results, empty = [(e, f) for e, f in results if f.shape[0]], [(e, f) for e, f in results if not f.shape[0]]
             skips += [Skip(e.id, e.path, "the teacher gave no frame for this clip") for e, _ in empty]
             if results:
