@@ -1,11 +1,12 @@
 """Which worker this process is and which clips it owns (worker ids from `--shard i/n` or torchrun's
 RANK/WORLD_SIZE, the tag that names each worker's files, the every-n-th split of the clips), and the
-record files through which a pass's workers resume."""
+record files through which a pass's workers resume and learn that all of them have finished."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,27 @@ def shard_entries(entries: Sequence[ManifestEntry], worker: tuple[int, int]) -> 
     return list(entries[index::count])
 
 
+def selection_hash(entries: Sequence[ManifestEntry], settings: Sequence[object] = ()) -> str:
+    """Identifies a worker's clip list (ids, files, segments), and the settings that choose its output
+    when given: a record written for another selection must not be resumed."""
+    digest = hashlib.sha256()
+    if settings:
+        digest.update(("\t".join(str(s) for s in settings) + "\n").encode())
+    for e in entries:
+        digest.update(f"{e.id}\t{e.path}\t{e.offset}\t{e.segment_duration}\n".encode())
+    return digest.hexdigest()[:16]
+
 
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as stream:
         return json.load(stream)
+
+
+def all_finished(job: str, records: Sequence[Path], finished: Callable[[Path], bool], finishing: str) -> bool:
+    """Whether the record of every worker says it finished; if not, say which have not. The last worker
+    to finish does what the pass does once (`finishing`: merge, finalize)."""
+    left = [path.name for path in records if not finished(path)]
+    if left:
+        print(f"{job}: {len(left)} of {len(records)} workers not finished ({', '.join(left[:5])}); "
+              f"the last one to finish {finishing} (or run with --finalize)")
+    return not left
