@@ -9,11 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spear_fast.audio import fbank
+from spear_fast.audio import SAMPLE_RATE, fbank
 
 lhotse = pytest.importorskip("lhotse", reason="lhotse is the reference contender (test extra)")
-
-SAMPLE_RATE = 16000
 
 
 def make_inputs(device: torch.device):

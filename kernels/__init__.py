@@ -13,12 +13,14 @@ own. Nothing here imports spear_fast.
 - token_mix: waveform mixing at an SNR + per-(frame, codebook) target swap (op 3)
 """
 from kernels._backend import HAS_TRITON
+from kernels._targets import IGNORE_INDEX
 from kernels.linear_multi_target_ce import linear_multi_target_ce, linear_multi_target_ce_torch
 from kernels.mvq_search import MVQSearchResult, mvq_search, mvq_search_torch
 from kernels.token_mix import TokenMixPlan, TokenMixResult, draw_token_mix_plan, token_mix, token_mix_torch
 
 __all__ = [
     "HAS_TRITON",
+    "IGNORE_INDEX",
     "MVQSearchResult",
     "TokenMixPlan",
     "TokenMixResult",

@@ -35,12 +35,11 @@ import torch
 from torch import Tensor
 
 from kernels._backend import HAS_TRITON, check_same_device, prefer_triton, triton_usable, without_autocast
+from kernels._targets import IGNORE_INDEX
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
-
-IGNORE_INDEX = -100
 
 # Working memory per chunk: the (rows, N*K) logits buffer. Bigger chunks mean bigger GEMMs (better
 # use of the hardware) and fewer kernel launches; smaller chunks bound memory. On a GPU 64 MiB holds

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from kernels.token_mix import IGNORE_INDEX, TokenMixPlan
+from kernels._targets import IGNORE_INDEX
+from kernels.token_mix import TokenMixPlan
 
 
 def linear_multi_target_ce_float64(hidden, weight, targets, frame_weights, bias=None, reduction="sum"):

@@ -51,8 +51,8 @@ from kernels._backend import (
     require_triton,
     triton_usable,
 )
+from kernels._targets import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 TARGET_DTYPES = (torch.int64, torch.int32, torch.int16)  # signed, so -100 (ignore) fits
 _MASK32 = 0xFFFFFFFF
 # lowbias32 multipliers (C. Wellons' hash-prospector, bias ~0.17): a cheap bijective 32-bit hash.

@@ -39,8 +39,8 @@ from spear_fast.integrations.frame_embeddings import (
     FrameEmbedder,
 )
 from spear_fast.integrations.waveforms import mono_batch
+from spear_fast.sample_rate import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 FBANK_SHIFT = 160  # samples per fbank frame
 FBANK_FRONT_ENDS = (*STUDENT_KINDS, "fbank")  # upstreams whose frame 0 is centred on fbank frame 0
 

@@ -28,6 +28,7 @@ trimmed, missing ones padded with -100; a larger difference raises ValueError na
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +37,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from kernels import IGNORE_INDEX
 from kernels.linear_multi_target_ce import linear_multi_target_ce
 
 from spear_fast.errors import UserError
 
-IGNORE = -100  # target value that contributes nothing (same convention as the op and token_mix)
 DOMAINS = ("speech", "audio")
 MODES = ("asymmetric", "own_teacher", "both_all")
 
@@ -55,16 +56,30 @@ class TeacherSpec:
 
 
 @dataclass
-class ObjectiveConfig:
-    teachers: tuple[TeacherSpec, ...] = field(default=(), metadata={"doc": "the teachers, one head each"})
-    alpha: float = field(default=0.5, metadata={"doc": "frame weight of masked frames (1 - alpha: unmasked)",
-                                                 "ge": 0.0, "le": 1.0})
+class ObjectiveSettings:
+    """The objective's settings that hold for any set of teachers. ObjectiveConfig adds the teachers; the
+    training config's `loss` section (spear_fast/train/config.py) adds what its token stores hold."""
+
+    alpha: float = field(default=0.5, metadata={
+        "doc": "frame weight of masked frames (unmasked frames: 1 - alpha)", "ge": 0.0, "le": 1.0})
     lambda_audio: float = field(default=0.1, metadata={"doc": "weight of the audio teachers' loss", "ge": 0.0})
-    mode: Literal["asymmetric", "own_teacher", "both_all"] = field(
-        default="asymmetric", metadata={"doc": "which teacher applies to which clip domain (module docstring)"})
+    mode: Literal["asymmetric", "own_teacher", "both_all"] = field(default="asymmetric", metadata={
+        "doc": "asymmetric: speech teachers on all clips, audio teachers on audio clips; own_teacher: each "
+               "teacher on its own domain; both_all: every teacher on every clip"})
     max_length_mismatch: int = field(default=2, metadata={
         "doc": "tolerated |token frames - student frames| per clip after alignment, at the student rate",
         "ge": 0})
+
+
+@dataclass
+class ObjectiveConfig(ObjectiveSettings):
+    teachers: tuple[TeacherSpec, ...] = field(default=(), metadata={"doc": "the teachers, one head each"})
+
+    @classmethod
+    def for_teachers(cls, teachers: Sequence[TeacherSpec], settings: ObjectiveSettings) -> ObjectiveConfig:
+        """The objective of `teachers` with the settings of `settings` (e.g. the training config's loss)."""
+        shared = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ObjectiveSettings)}
+        return cls(teachers=tuple(teachers), **shared)
 
     def validate(self) -> None:
         if not self.teachers:
@@ -125,13 +140,13 @@ def align_targets(tokens: torch.Tensor, token_lengths: torch.Tensor, teacher_rat
     repeat, group = rate_ratio(teacher_rate, student_rate)
     tokens = tokens.to(torch.int64)
     beyond = torch.arange(teacher_frames, device=tokens.device)[None, :] >= token_lengths[:, None]  # (B, T_t)
-    tokens = tokens.masked_fill(beyond[..., None], IGNORE)
+    tokens = tokens.masked_fill(beyond[..., None], IGNORE_INDEX)
     if repeat > 1:
         tokens = tokens.repeat_interleave(repeat, dim=1)  # (B, k T_t, N)
         aligned_lengths = token_lengths * repeat
     elif group > 1:
         padded_frames = math.ceil(teacher_frames / group) * group
-        tokens = nn.functional.pad(tokens, (0, 0, 0, padded_frames - teacher_frames), value=IGNORE)
+        tokens = nn.functional.pad(tokens, (0, 0, 0, padded_frames - teacher_frames), value=IGNORE_INDEX)
         tokens = tokens.reshape(batch, padded_frames // group, group * codebooks)  # (B, T_t / g, g N)
         aligned_lengths = (token_lengths + group - 1) // group
     else:
@@ -144,10 +159,10 @@ def align_targets(tokens: torch.Tensor, token_lengths: torch.Tensor, teacher_rat
         raise ValueError(f"{name}: utterance {b} has {int(aligned_lengths[b])} token frames at the student rate "
                          f"{student_rate} Hz ({int(token_lengths[b])} at {teacher_rate} Hz) but the student has "
                          f"{int(student_lengths[b])} frames (tolerance {max_mismatch})")
-    out = tokens.new_full((batch, num_frames, tokens.shape[2]), IGNORE)  # (B, T', g N)
+    out = tokens.new_full((batch, num_frames, tokens.shape[2]), IGNORE_INDEX)  # (B, T', g N)
     width = min(num_frames, tokens.shape[1])
     keep = torch.arange(width, device=tokens.device)[None, :] < torch.minimum(aligned_lengths, student_lengths)[:, None]
-    out[:, :width] = tokens[:, :width].masked_fill(~keep[..., None], IGNORE)
+    out[:, :width] = tokens[:, :width].masked_fill(~keep[..., None], IGNORE_INDEX)
     return out
 
 
@@ -232,7 +247,7 @@ class SpearObjective(nn.Module):
                                         self.student_frame_rate, lengths, num_frames, config.max_length_mismatch,
                                         name=spec.name)  # (B, T', g N)
                 teacher_w = weights * applies[:, None]  # (B, T')
-                keep = (teacher_w > 0) & (aligned != IGNORE).any(dim=2)  # (B, T')
+                keep = (teacher_w > 0) & (aligned != IGNORE_INDEX).any(dim=2)  # (B, T')
                 selected = keep.reshape(-1).nonzero().squeeze(1)  # (F,)
             if selected is None or selected.numel() == 0:
                 # keep the head in the graph (DDP expects every parameter to receive a gradient)

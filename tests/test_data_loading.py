@@ -6,9 +6,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from kernels import IGNORE_INDEX
 from spear_fast.data import ManifestEntry, TokenStore, TokenStoreMeta, TokenStoreWriter, finalize_token_store
 from spear_fast.data.batching import DurationBucketSampler
-from spear_fast.data.dataset import ALIGN_SAMPLES, IGNORE, BadItem, SpearDataset, collate
+from spear_fast.data.dataset import ALIGN_SAMPLES, BadItem, SpearDataset, collate
 
 
 def random_durations(seed: int, count: int = 300) -> list[float]:
@@ -117,8 +118,8 @@ def test_collate_pads_with_ignore_and_reports_missing_teachers(tmp_path, seed):
     assert batch.is_audio.tolist() == [False, False, True]
     assert batch.tokens["speech"].shape == (3, int(np.ceil(lengths["a"] / 320)), 4)
     assert batch.token_lengths["audio"].tolist() == [0, 0, 50]
-    assert (batch.tokens["audio"][:2] == IGNORE).all() and (batch.tokens["audio"][2, :50, 0] == torch.arange(50)).all()
-    assert (batch.tokens["speech"][1, 50:] == IGNORE).all() and (batch.waves[1, 16000:] == 0).all()
+    assert (batch.tokens["audio"][:2] == IGNORE_INDEX).all() and (batch.tokens["audio"][2, :50, 0] == torch.arange(50)).all()
+    assert (batch.tokens["speech"][1, 50:] == IGNORE_INDEX).all() and (batch.waves[1, 16000:] == 0).all()
 
 
 def test_unreadable_clip_is_skipped_and_reported(tmp_path, seed):

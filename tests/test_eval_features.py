@@ -107,6 +107,34 @@ def test_resume_bad_clips_and_settings(tmp_path, seed):
     assert not list(out.glob(".*.tmp"))  # no temp file left behind
 
 
+def test_an_upstream_failure_stops_extract_naming_the_clip_and_keeps_the_finished_clips(tmp_path, seed):
+    """A failure of the model is not a bad clip: extract stops, naming the clip, after committing the
+    clips finished before it; a rerun resumes from them."""
+    from spear_fast.pipeline.inference import TeacherError
+
+    _, entries = _corpus(tmp_path, seed)
+    upstream = load_upstream("fbank")
+    ordered = sorted(entries, key=lambda e: (e.effective_duration, e.id))  # one clip per batch, in this order
+    samples = [sf.info(e.path).frames for e in ordered]
+    first = samples.index(samples[4])  # the first clip the upstream fails on
+    real = upstream.forward
+
+    def failing(waves, lengths=None):
+        if samples[first] in lengths.tolist():
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(waves, lengths)
+
+    upstream.forward = failing
+    out = tmp_path / "feats"
+    with pytest.raises(TeacherError, match=f"clip {ordered[first].id!r}.*out of memory"):
+        extract_features(upstream, entries, out, batch_seconds=1e-3, shard_utterances=3, progress=False)
+    assert sorted(FeatureStore(out).ids) == sorted(e.id for e in ordered[:first])
+    del upstream.forward
+    report = extract_features(upstream, entries, out, batch_seconds=1e-3, shard_utterances=3, progress=False)
+    assert report.skipped == first and report.extracted == len(entries) - first and not report.failed
+    assert sorted(FeatureStore(out).ids) == sorted(e.id for e in entries)
+
+
 def test_clips_over_the_duration_cap_are_skipped_and_listed(tmp_path, seed):
     """extract caps clip length like collect-frames and tokenize (600 s by default): a longer clip is
     listed in failed.json with the reason instead of costing minutes and gigabytes."""

@@ -17,9 +17,10 @@ from spear_fast.data.manifest import ManifestEntry, read_manifest, write_manifes
 from spear_fast.data.token_store import TokenStore
 from spear_fast.mvq import FrameStore, Quantizer
 from spear_fast.pipeline import CollectConfig, TokenizeConfig, collect_frames, tokenize
-from spear_fast.pipeline.clips import duration_batches, parse_shard
+from spear_fast.pipeline.clips import duration_batches
 from spear_fast.pipeline.collect import sample_rows
 from spear_fast.pipeline.report import read_report
+from spear_fast.pipeline.workers import parse_shard
 from spear_fast.teachers import load_teacher
 
 TINY_WAVLM = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
@@ -212,7 +213,7 @@ class _FailingOn:
 @pytest.mark.parametrize("job", ["tokenize", "collect"])
 def test_a_teacher_failure_stops_the_pass_naming_the_clip_and_a_rerun_resumes(job, corpus, tmp_path, monkeypatch):
     from spear_fast import teachers
-    from spear_fast.pipeline.clips import TeacherError
+    from spear_fast.pipeline.inference import TeacherError
 
     manifest, spec, q_path, good = corpus
     entries = {e.id: e for e in read_manifest(manifest)}

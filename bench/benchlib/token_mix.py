@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from kernels.token_mix import IGNORE_INDEX, TokenMixPlan, draw_token_mix_plan
+from kernels import IGNORE_INDEX
+from kernels.token_mix import TokenMixPlan, draw_token_mix_plan
 
 SAMPLE_RATE = 16000
 TEACHERS = ((50.0, 16), (25.0, 8))  # (frame rate Hz, codebooks)

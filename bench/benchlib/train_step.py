@@ -18,13 +18,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from kernels import IGNORE_INDEX
+
 from spear_fast.audio import fbank
 from spear_fast.masking import MaskingConfig, compute_masks
 from spear_fast.model.attention import resolve_backend
 from spear_fast.model.config import StudentConfig, apply_overrides, preset
 from spear_fast.model.student import SpearStudent
 from spear_fast.objective import (
-    IGNORE,
     ObjectiveConfig,
     SpearObjective,
     TeacherSpec,
@@ -56,7 +57,7 @@ def batch_for(device: torch.device, clips: int, seconds: float):
         token_lengths = (lengths * spec.frame_rate / 16000).long()
         if spec.name == "audio":
             token_lengths[::2] = 0  # speech clips have no audio-teacher tokens
-        tokens[torch.arange(frames)[None] >= token_lengths[:, None]] = IGNORE
+        tokens[torch.arange(frames)[None] >= token_lengths[:, None]] = IGNORE_INDEX
         targets[spec.name] = (tokens.to(device), token_lengths.to(device))
     domains = ["speech" if i % 2 == 0 else "audio" for i in range(clips)]
     return waves.to(device), lengths.to(device), targets, domains
@@ -70,7 +71,7 @@ def plain_loss(heads: torch.nn.ModuleDict, hidden, lengths, output_mask, targets
         tokens, token_lengths = targets[spec.name]
         aligned = align_targets(tokens, token_lengths, spec.frame_rate, student_rate, lengths, hidden.shape[1])
         logits = heads[spec.name](hidden).float()  # (B, T', N*K)
-        ce = F.cross_entropy(logits.reshape(-1, 256), aligned.reshape(-1), ignore_index=IGNORE, reduction="none")
+        ce = F.cross_entropy(logits.reshape(-1, 256), aligned.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
         ce = ce.view(*aligned.shape).mean(-1)  # (B, T')
         applies = torch.tensor([teacher_applies(spec.domain, d, "asymmetric") for d in domains], device=hidden.device)
         scale = 1.0 if spec.domain == "speech" else 0.1

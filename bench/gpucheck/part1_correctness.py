@@ -28,7 +28,8 @@ from kernels.oracles import (
     token_mix_float64,
     uniforms_clear_of_beta,
 )
-from kernels.token_mix import IGNORE_INDEX, token_mix, token_mix_torch
+from kernels import IGNORE_INDEX
+from kernels.token_mix import token_mix, token_mix_torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2}

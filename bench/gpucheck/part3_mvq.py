@@ -20,10 +20,10 @@ from gpucheck.context import Case, Context, Part, measure
 from gpucheck.report import Row, format_bytes, format_seconds
 
 from spear_fast.mvq import Quantizer
+from spear_fast.sample_rate import SAMPLE_RATE
 from spear_fast.teachers.hf_ssl import HFSSLTeacher
 
 COLUMNS = ["workload", "contender", "time", "peak memory", "frames/s", "check"]
-SAMPLE_RATE = 16000
 
 
 def _setup(ctx: Context):

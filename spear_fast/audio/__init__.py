@@ -1,5 +1,7 @@
 """Audio input: file loading (any libsndfile format, mono, resampled) and the 128-bin log-mel fbank."""
-from .fbank import FBANK_DIM, FRAME_SHIFT, PAD_VALUE, SAMPLE_RATE, fbank, num_frames
+from spear_fast.sample_rate import SAMPLE_RATE
+
+from .fbank import FBANK_DIM, FRAME_SHIFT, PAD_VALUE, fbank, num_frames
 from .io import MIN_SAMPLES, AudioError, AudioInfo, audio_info, load_audio
 from .resample import resample
 

@@ -16,7 +16,8 @@ import math
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from spear_fast.sample_rate import SAMPLE_RATE
+
 FBANK_DIM = 128  # mel bins
 FRAME_LENGTH = 400  # samples: 25 ms at 16 kHz
 FRAME_SHIFT = 160  # samples: 10 ms at 16 kHz -> 100 frames per second

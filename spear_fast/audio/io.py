@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
 from .resample import resample
 
@@ -95,7 +96,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 
 def load_audio(
     path: str | os.PathLike,
-    target_sr: int | None = 16000,
+    target_sr: int | None = SAMPLE_RATE,
     *,
     offset: float = 0.0,
     duration: float | None = None,

@@ -10,7 +10,7 @@ Items are addressed by (epoch, index) (or a plain index at `dataset.epoch`): the
 the key, so crops change per epoch even inside persistent DataLoader workers, whose copies of the
 dataset never see a set_epoch call. DurationBucketSampler(..., keyed_by_epoch=True) yields such keys.
 
-`collate` pads waves with zeros and tokens with IGNORE (-100), giving a `Collated(batch, skipped)`.
+`collate` pads waves with zeros and tokens with IGNORE_INDEX (-100), giving a `Collated(batch, skipped)`.
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from kernels import IGNORE_INDEX
+
 from spear_fast.audio import SAMPLE_RATE, AudioError, load_audio
 from spear_fast.data.manifest import ManifestEntry
 from spear_fast.data.token_store import TokenStore
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # target value the loss skips (kernels.linear_multi_target_ce)
 # Crop starts are multiples of 640 samples = 40 ms: one frame at 25 Hz, two at 50 Hz, four fbank
 # frames at 100 Hz, so all token streams stay aligned with the cropped audio.
 ALIGN_SAMPLES = 640
@@ -54,7 +55,7 @@ class Batch:
     waves: torch.Tensor  # (B, L) float32, zero-padded
     lengths: torch.Tensor  # (B,) int64 samples
     is_audio: torch.Tensor  # (B,) bool, True for audio-domain clips
-    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, T, N) int64, IGNORE-padded
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, T, N) int64, IGNORE_INDEX-padded
     token_lengths: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B,) int64, 0 = no tokens
 
     def to(self, device: torch.device | str) -> "Batch":
@@ -143,7 +144,7 @@ def collate(
 ) -> Collated:
     """Pad the usable examples into a Batch; report BadItems and clips under `min_samples` samples.
 
-    codebooks: teacher name -> N; every teacher gets a (B, T, N) target tensor, all IGNORE where no
+    codebooks: teacher name -> N; every teacher gets a (B, T, N) target tensor, all IGNORE_INDEX where no
     clip of the batch has that teacher's tokens.
     """
     skipped = [item for item in items if isinstance(item, BadItem)]
@@ -175,7 +176,7 @@ def collate(
                     f"collate: clip {example.id!r} has {array.shape[1]} codebooks of teacher {name!r}, expected {num_codebooks}"
                 )
         token_lengths = torch.tensor([0 if a is None else a.shape[0] for a in arrays], dtype=torch.int64)  # (B,)
-        targets = torch.full((len(kept), max(int(token_lengths.max()), 1), num_codebooks), IGNORE, dtype=torch.int64)
+        targets = torch.full((len(kept), max(int(token_lengths.max()), 1), num_codebooks), IGNORE_INDEX, dtype=torch.int64)
         for row, array in enumerate(arrays):
             if array is not None and array.shape[0]:
                 targets[row, : array.shape[0]] = torch.from_numpy(array.astype(np.int64))  # copy: memmaps are read-only

@@ -9,7 +9,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from ..sample_rate import SAMPLE_RATE
+
 MIN_RMS = 1e-3  # a clip quieter than -60 dBFS RMS is a failed render ("silent") and is skipped
 
 

@@ -8,23 +8,30 @@ A store is a directory:
     index.json              {"shards": {id: shard file}, "frames": {id: T}}
 Each shard and then the index are replaced atomically (temp file + os.replace), so a killed run
 leaves a consistent store; a rerun with the same settings skips the ids already in the index and
-retries the ones that failed. Unreadable audio is skipped, reported, and listed in failed.json.
+retries the ones that failed. Unreadable audio is skipped, reported, and listed in failed.json. The
+clips run through the offline passes' job loop (spear_fast/pipeline/job.py): a failure of the upstream
+stops the run naming the clip, after committing the clips done before it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from spear_fast.atomic import atomic_write_json
+from spear_fast.atomic import atomic_open, atomic_write_json
 from spear_fast.data.manifest import ManifestEntry
 from spear_fast.errors import UserError
+from spear_fast.pipeline.clips import DEFAULT_MAX_DURATION, Skip
+from spear_fast.pipeline.inference import run_model
+from spear_fast.pipeline.job import ClipOutput, run_clip_job
+from spear_fast.pipeline.shard_sink import ShardSink
 
 FORMAT = "spear-fast features v1"
 POOLS = ("none", "mean")
@@ -106,6 +113,64 @@ class ExtractReport:
     seconds: float  # wall time
 
 
+class FeatureShardSink(ShardSink):
+    """extract's store side: each clip's kept layers (mean-pooled or not), written every
+    `shard_utterances` clips as one safetensors shard, then the index; both atomically."""
+
+    def __init__(self, directory: Path, index: dict[str, Any], pool: str, dtype: str, shard_utterances: int):
+        super().__init__(max_clips=shard_utterances)
+        self.directory, self.index, self.pool, self.dtype = directory, index, pool, dtype
+        self.shard_number = len(set(index["shards"].values()))
+
+    def keep(self, output: ClipOutput) -> tuple[torch.Tensor, int]:
+        x = output.frames  # (n_kept, T, d)
+        if self.pool == "mean":
+            x = x.mean(dim=1)  # (n_kept, d)
+        return x.to("cpu", DTYPES[self.dtype]).contiguous(), output.frames.shape[1]
+
+    def write_shard(self, ids: list[str], items: list[torch.Tensor], frames: list[int]) -> None:
+        from safetensors.torch import save
+
+        taken = set(self.index["shards"].values())
+        name = f"shard-{self.shard_number:05d}.safetensors"
+        while name in taken:  # never overwrite a shard the index points to
+            self.shard_number += 1
+            name = f"shard-{self.shard_number:05d}.safetensors"
+        with atomic_open(self.directory / name, "wb") as stream:
+            stream.write(save(dict(zip(ids, items)), metadata={"format": FORMAT}))
+        self.index["shards"].update({utt_id: name for utt_id in ids})
+        self.index["frames"].update(zip(ids, frames))
+        atomic_write_json(self.directory / "index.json", self.index)
+        self.shard_number += 1
+
+
+class FailedClips:
+    """extract's skip log (a job.SkipLog): this run's unusable clips, id -> "path: reason" (failed.json)."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def forget(self, ids: Iterable[str]) -> None:
+        for utt_id in ids:
+            self.reasons.pop(utt_id, None)
+
+    def add(self, skips: Iterable[Skip]) -> None:
+        self.reasons.update({skip.id: f"{skip.path}: {skip.reason}" for skip in skips})
+
+
+def kept_layers(kept: Sequence[int]):
+    """The job loop's `split` for an upstream: UpstreamOutput -> [(len(kept), T_b, dim) per clip]."""
+
+    def split(out) -> list[torch.Tensor]:
+        stacked = torch.stack([out.layers[i] for i in kept], dim=1)  # (B, n_kept, T, d)
+        return [stacked[b, :, : int(out.lengths[b])] for b in range(stacked.shape[0])]
+
+    return split
+
+
 def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | os.PathLike, *,
                      layers: str | Sequence[int] = "all", pool: str = "none", dtype: str = "float32",
                      batch_seconds: float = BATCH_SECONDS, shard_utterances: int = SHARD_UTTERANCES,
@@ -117,11 +182,6 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
     reason, as collect-frames and tokenize do, rather than cut into chunks: a global-attention model
     gives other features for a chunked clip than for the whole one, and one long clip in one piece
     costs (T x T) attention memory. Long recordings belong in the manifest as segments."""
-    from safetensors.torch import save_file
-
-    from spear_fast.audio import AudioError, load_audio
-    from spear_fast.pipeline.clips import DEFAULT_MAX_DURATION, duration_batches
-
     if max_duration is None:
         max_duration = DEFAULT_MAX_DURATION
     if not max_duration > 0:
@@ -150,70 +210,18 @@ def extract_features(upstream, entries: Sequence[ManifestEntry], out_dir: str | 
         atomic_write_json(meta_path, meta)
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"shards": {}, "frames": {}}
     todo = [e for e in entries if e.id not in index["shards"]]
-    skipped = len(entries) - len(todo)
-    failed: dict[str, str] = {}
-    shard_number = len(set(index["shards"].values()))
-    pending: dict[str, torch.Tensor] = {}
-    pending_frames: dict[str, int] = {}
-
-    def flush() -> None:
-        nonlocal shard_number
-        if not pending:
-            return
-        name = f"shard-{shard_number:05d}.safetensors"
-        while name in set(index["shards"].values()):  # never overwrite a shard the index points to
-            shard_number += 1
-            name = f"shard-{shard_number:05d}.safetensors"
-        tmp = out_dir / f".{name}.tmp"
-        save_file(dict(pending), str(tmp), metadata={"format": FORMAT})
-        os.replace(tmp, out_dir / name)
-        index["shards"].update({k: name for k in pending})
-        index["frames"].update(pending_frames)
-        atomic_write_json(index_path, index)
-        shard_number += 1
-        pending.clear()
-        pending_frames.clear()
-
     start = time.perf_counter()
-    total_seconds = sum(e.effective_duration for e in todo)
-    bar = tqdm(total=total_seconds, unit="s audio", unit_scale=True, desc=f"extract {upstream.info.name}",
-               disable=not progress)
-    for batch in duration_batches(todo, batch_seconds, max_clips=MAX_BATCH):
-        waves, good = [], []
-        for entry in batch:
-            try:
-                wave, _ = load_audio(entry.path, 16000, offset=entry.offset, duration=entry.segment_duration,
-                                     min_samples=upstream.min_samples, max_duration=max_duration)
-            except (AudioError, ValueError, OSError) as err:
-                failed[entry.id] = str(err)
-                continue
-            waves.append(wave)
-            good.append(entry)
-        if good:
-            lengths = torch.tensor([w.shape[0] for w in waves])
-            padded = torch.zeros(len(waves), int(lengths.max()))  # (B, L)
-            for b, wave in enumerate(waves):
-                padded[b, : wave.shape[0]] = wave
-            out = upstream(padded, lengths)
-            stacked = torch.stack([out.layers[i] for i in kept], dim=1)  # (B, n_kept, T, d)
-            for b, entry in enumerate(good):
-                n = int(out.lengths[b])
-                x = stacked[b, :, :n]  # (n_kept, T_b, d)
-                if pool == "mean":
-                    x = x.mean(dim=1)  # (n_kept, d)
-                pending[entry.id] = x.to("cpu", DTYPES[dtype]).contiguous()
-                pending_frames[entry.id] = n
-            if len(pending) >= shard_utterances:
-                flush()
-        bar.update(min(sum(e.effective_duration for e in batch), bar.total - bar.n))  # never past the total
-    flush()
-    bar.close()
+    failed = FailedClips()
+    forward = functools.partial(run_model, upstream, split=kept_layers(kept), name=f"upstream {upstream.info.name}")
+    run_clip_job(todo, forward, FeatureShardSink(out_dir, index, pool, dtype, shard_utterances), failed,
+                 batch_seconds=batch_seconds, max_duration=max_duration, min_samples=upstream.min_samples,
+                 desc=f"extract {upstream.info.name}", progress=progress, max_clips=MAX_BATCH)
     failed_path = out_dir / "failed.json"
-    if failed:
-        atomic_write_json(failed_path, failed)
+    if failed.reasons:
+        atomic_write_json(failed_path, failed.reasons)
         print(f"extract: skipped {len(failed)} unreadable clip(s), listed in {failed_path}; e.g. "
-              f"{next(iter(failed.items()))}")
+              f"{next(iter(failed.reasons.items()))}")
     elif failed_path.exists():
         failed_path.unlink()
-    return ExtractReport(out_dir, extracted=len(todo) - len(failed), skipped=skipped, failed=failed,
-                         seconds=time.perf_counter() - start)
+    return ExtractReport(out_dir, extracted=len(todo) - len(failed), skipped=len(entries) - len(todo),
+                         failed=failed.reasons, seconds=time.perf_counter() - start)

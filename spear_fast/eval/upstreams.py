@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 STUDENT_MIN_SAMPLES = 80  # one fbank frame (10 ms shift, snip_edges=False rounds L / 160)
 
 

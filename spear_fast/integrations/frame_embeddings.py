@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spear_fast.eval.upstreams import SAMPLE_RATE, Upstream
+from spear_fast.eval.upstreams import Upstream
+from spear_fast.sample_rate import SAMPLE_RATE
 
 LAYER_MODES = ("last", "all")
 STUDENT_KINDS = ("student", "checkpoint", "random")  # upstreams whose layer 0 is the front end's output

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spear_fast.eval.upstreams import SAMPLE_RATE, Upstream, UpstreamInfo, state_fingerprint
+from spear_fast.eval.upstreams import Upstream, UpstreamInfo, state_fingerprint
+from spear_fast.sample_rate import SAMPLE_RATE
 
 PREFIX = "hf:"
 LAYER_CHOICES = ("all", "last")

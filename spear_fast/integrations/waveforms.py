@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from spear_fast.sample_rate import SAMPLE_RATE
+
 # A float wave is expected in [-1, 1] (randn-like test signals reach ~5); int16 PCM cast to float peaks
 # in the hundreds to 32767, so a peak above this is taken for unscaled integer samples.
 MAX_FLOAT_PEAK = 64.0

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from spear_fast.integrations.frame_embeddings import DEFAULT_CHUNK_SECONDS, FrameEmbedder
-from spear_fast.integrations.waveforms import SAMPLE_RATE, mono_batch
+from spear_fast.integrations.waveforms import mono_batch
+from spear_fast.sample_rate import SAMPLE_RATE
 
 MODEL_VARIABLE = "SPEAR_XARES_MODEL"
 LAYERS_VARIABLE = "SPEAR_XARES_LAYERS"

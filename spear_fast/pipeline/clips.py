@@ -1,27 +1,17 @@
-"""What the offline passes share: picking a worker's clips, padding-aware duration batches, loading a
-batch of clips (bad files skipped with their reason), running a teacher on it (a failure of the
-teacher stops the pass, naming the clip), worker ids from `--shard i/n` or torchrun, and atomic JSON
-files.
-"""
+"""The clips of a pass and how they are read: the domain filter, padding-aware duration batches, and
+decoding a batch (16 kHz mono; files that cannot be used come back as Skips with their reason)."""
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from spear_fast.audio import AudioError, load_audio
 from spear_fast.data.manifest import DOMAINS, ManifestEntry
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
-SAMPLE_RATE = 16000  # every teacher takes 16 kHz mono
 # Longest clip a pass accepts (seconds). Longer files are refused with a reason in the skip report
 # rather than cut into chunks: a global-attention teacher (WavLM, HuBERT) gives different frames for a
 # chunked file than for the whole one, and a 2-hour file in one piece needs (T x T) attention memory.
@@ -31,27 +21,6 @@ DEFAULT_MAX_DURATION = 600.0
 DOMAIN_CHOICES = ("speech", "audio", "all")
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/n' -> (i, n) with 0 <= i < n; None -> the torchrun worker (RANK/WORLD_SIZE) or (0, 1)."""
-    if text is None:
-        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-        if rank is None or world is None:
-            return 0, 1
-        text = f"{rank}/{world}"
-    index, sep, count = str(text).partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        raise UserError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if not sep or not 0 <= i < n or n > 9999:
-        raise UserError(f"--shard must be i/n with 0 <= i < n <= 9999, got {text!r}")
-    return i, n
-
-
-def worker_tag(worker: tuple[int, int]) -> str:
-    return f"w{worker[0]:04d}of{worker[1]:04d}"
-
-
 def select_domain(entries: Sequence[ManifestEntry], domain: str) -> list[ManifestEntry]:
     if domain not in DOMAIN_CHOICES:
         raise UserError(f"domain must be one of {DOMAIN_CHOICES}, got {domain!r}")
@@ -59,13 +28,6 @@ def select_domain(entries: Sequence[ManifestEntry], domain: str) -> list[Manifes
         return list(entries)
     assert domain in DOMAINS
     return [e for e in entries if e.domain == domain]
-
-
-def shard_entries(entries: Sequence[ManifestEntry], worker: tuple[int, int]) -> list[ManifestEntry]:
-    """Worker i of n takes every n-th entry starting at i (manifest order): equal shares of every part
-    of the manifest, and the same split on every restart of an unchanged manifest."""
-    index, count = worker
-    return list(entries[index::count])
 
 
 def duration_batches(entries: Sequence[ManifestEntry], batch_seconds: float,
@@ -136,85 +98,3 @@ def pad_waves(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     for row, wave in enumerate(waves):
         batch[row, : wave.numel()] = wave
     return batch, lengths
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class TeacherError(RuntimeError):
-    """The teacher failed on a clip that was read fine: a failure of the machinery (the device, memory,
-    the teacher's code), not of the audio. The pass stops; what it committed stays, and a rerun resumes."""
-
-
-def run_teacher(
-    teacher, loaded: Sequence[tuple[ManifestEntry, torch.Tensor]]
-) -> tuple[list[tuple[ManifestEntry, torch.Tensor]], float]:
-    """Teacher frames of each clip: ([(entry, frames (T_i, D) on the teacher's device)], seconds spent in
-    the teacher). When the batch fails, each clip is run alone to name the one that fails; TeacherError
-    names it (or the batch, when every clip works alone), with the teacher's error as its cause."""
-    device = torch.device(getattr(teacher, "device", "cpu"))
-    started = time.perf_counter()
-    try:
-        waves, lengths = pad_waves([wave for _, wave in loaded])
-        out = teacher(waves, lengths)
-        _sync(device)
-    except Exception as error:
-        name = getattr(teacher, "name", type(teacher).__name__)
-        resume = "the work committed so far is kept: rerun the same command to resume"
-        if len(loaded) == 1:
-            entry = loaded[0][0]
-            raise TeacherError(f"teacher {name} failed on clip {entry.id!r} ({entry.path}): "
-                               f"{type(error).__name__}: {error}; {resume}") from error
-        for item in loaded:  # find the clip the teacher fails on
-            run_teacher(teacher, [item])
-        ids = [entry.id for entry, _ in loaded]
-        raise TeacherError(f"teacher {name} failed on a batch of {len(ids)} clips ({', '.join(ids[:5])}"
-                           f"{', ...' if len(ids) > 5 else ''}) that each work alone: {type(error).__name__}: "
-                           f"{error}; lower --batch-seconds ({resume})") from error
-    results = [(entry, out.frames[row, : int(out.frame_lengths[row])]) for row, (entry, _) in enumerate(loaded)]
-    return results, time.perf_counter() - started
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[bool]:
-    """flock on `path` without waiting: yields True when this process holds the lock, False when
-    another does. The kernel drops the lock if the holder dies, so no stale lock survives a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-class Throughput:
-    """tqdm bar over seconds of audio, showing audio-hours per wall-clock hour."""
-
-    def __init__(self, total_seconds: float, desc: str, progress: bool = True):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=round(total_seconds, 1), desc=desc, unit="s audio", disable=not progress,
-                        dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]")
-        self.started = time.perf_counter()
-        self.done = 0.0
-
-    def update(self, seconds: float, **postfix: Any) -> None:
-        self.done += seconds
-        self.bar.update(round(seconds, 1))
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.bar.set_postfix(audio_h_per_h=f"{self.done / elapsed:.1f}", **postfix, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()

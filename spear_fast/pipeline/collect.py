@@ -15,7 +15,7 @@ worker retries them on restart, a finished one does not.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import math
 import shutil
 import time
@@ -26,27 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spear_fast.atomic import atomic_write_json
 from spear_fast.audio import MIN_SAMPLES
 from spear_fast.data.manifest import ManifestEntry, read_manifest
-
-from .clips import (
-    DEFAULT_MAX_DURATION,
-    SAMPLE_RATE,
-    Skip,
-    Throughput,
-    duration_batches,
-    exclusive_lock,
-    load_batch,
-    read_json,
-    run_teacher,
-    select_domain,
-    shard_entries,
-    worker_tag,
-)
-from spear_fast.atomic import atomic_write_json
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
+from .clips import DEFAULT_MAX_DURATION, Skip, select_domain
+from .inference import run_teacher
+from .job import ClipOutput, run_clip_job
+from .locks import exclusive_lock
 from .report import SkipReport, merge_reports
+from .shard_sink import ShardSink
+from .workers import all_finished, read_json, selection_hash, shard_entries, worker_tag
 
 PARTS_DIR = "parts"
 REPORT_NAME = "skipped.jsonl"
@@ -131,16 +123,46 @@ def _done_path(out: Path, worker: tuple[int, int]) -> Path:
     return out / f"collect-{worker_tag(worker)}.json"
 
 
-def _selection_hash(entries: list[ManifestEntry], config: CollectConfig) -> str:
-    digest = hashlib.sha256(f"{config.teacher}\t{config.frames_per_clip}\t{config.seed}\n".encode())
-    for e in entries:
-        digest.update(f"{e.id}\t{e.path}\t{e.offset}\t{e.segment_duration}\n".encode())
-    return digest.hexdigest()[:16]
+class FramePartSink(ShardSink):
+    """collect-frames' store side: the frames sampled from each clip, committed as one part (a small
+    frame store, parts/<tag>-<seq>) and then the worker's done-list, rewritten atomically."""
+
+    def __init__(self, config: CollectConfig, state: dict, dim: int, summary: CollectSummary):
+        super().__init__(max_frames=config.part_frames)
+        self.config, self.state, self.dim, self.summary = config, state, dim, summary
+        self.tag = worker_tag(config.worker)
+        self.done = set(state["done"])
+
+    def keep(self, output: ClipOutput) -> tuple[torch.Tensor, int] | Skip:
+        from spear_fast.mvq.frame_store import FLOAT16_MAX
+
+        entry, samples, frames = output  # frames (T, D)
+        rows = sample_rows(entry.id, frames.shape[0], self.config.frames_per_clip, self.config.seed)
+        picked = frames[rows.to(frames.device)].float().cpu()  # (k, D)
+        if picked.shape[0] == 0 or not bool(torch.isfinite(picked).all()) or bool((picked.abs() > FLOAT16_MAX).any()):
+            return Skip(entry.id, entry.path, "the teacher gave no frame, or NaN/Inf/float16-overflowing frames")
+        self.done.add(entry.id)
+        self.summary.collected_clips += 1
+        self.summary.frames += picked.shape[0]
+        self.summary.audio_seconds += samples / SAMPLE_RATE
+        return picked, picked.shape[0]
+
+    def write_shard(self, ids: list[str], items: list[torch.Tensor], frames: list[int]) -> None:
+        from spear_fast.mvq.frame_store import FrameStoreWriter
+
+        name = f"{self.tag}-{len(self.state['parts']):06d}"
+        writer = FrameStoreWriter(self.config.out / PARTS_DIR / name, self.dim)
+        for picked in items:
+            writer.add(picked)
+        writer.close()
+        self.state["parts"].append(name)
+        self.state["done"] = sorted(self.done)
+        atomic_write_json(_done_path(self.config.out, self.config.worker), self.state)
 
 
 def collect_frames(config: CollectConfig) -> CollectSummary:
     """Run (or finish) worker config.worker's part of the collection; merge when all are done."""
-    from spear_fast.mvq.frame_store import FLOAT16_MAX, INDEX_FILE, FrameStoreWriter
+    from spear_fast.mvq.frame_store import INDEX_FILE
     from spear_fast.teachers import load_teacher
 
     started = time.perf_counter()
@@ -161,7 +183,7 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
     teacher = load_teacher(config.teacher, device=config.device)
     chosen = choose_clips(entries, teacher.frame_rate, config.max_frames, config.frames_per_clip, config.seed)
     mine = shard_entries(chosen, config.worker)
-    selection = _selection_hash(mine, config)
+    selection = selection_hash(mine, (config.teacher, config.frames_per_clip, config.seed))
     if state is not None and (state["selection"] != selection or state["dim"] != teacher.dim):
         raise UserError(f"collect-frames: {done_path} was written for other settings (manifest, teacher, seed, "
                         f"frames per clip or shard); choose another --out or delete it")
@@ -184,59 +206,13 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
         summary.finalized = _maybe_merge(config) if config.finalize else False
         return summary
 
-    pending: list[torch.Tensor] = []
-    pending_ids: list[str] = []
-    pending_frames = 0
-    last_commit = time.perf_counter()
-
-    def commit() -> None:
-        nonlocal pending, pending_ids, pending_frames, last_commit
-        if pending_ids:
-            name = f"{tag}-{len(state['parts']):06d}"
-            if pending_frames:
-                writer = FrameStoreWriter(parts_dir / name, teacher.dim)
-                for frames in pending:
-                    writer.add(frames)
-                writer.close()
-                state["parts"].append(name)
-            state["done"] = sorted(done)
-            atomic_write_json(done_path, state)
-        pending, pending_ids, pending_frames = [], [], 0
-        last_commit = time.perf_counter()
-
+    parts = FramePartSink(config, state, teacher.dim, summary)
     min_samples = max(MIN_SAMPLES, int(getattr(teacher, "min_samples", 1)))
-    bar = Throughput(sum(e.effective_duration for e in todo), f"collect {tag}", config.progress)
-    try:
-        for batch in duration_batches(todo, config.batch_seconds):
-            clock = time.perf_counter()
-            loaded, skips = load_batch(batch, config.max_duration, min_samples)
-            summary.load_seconds += time.perf_counter() - clock
-            results, seconds = run_teacher(teacher, loaded) if loaded else ([], 0.0)
-            summary.teacher_seconds += seconds
-            samples = {entry.id: wave.numel() for entry, wave in loaded}
-            for entry, frames in results:  # frames (T, D)
-                rows = sample_rows(entry.id, frames.shape[0], config.frames_per_clip, config.seed)
-                picked = frames[rows.to(frames.device)].float().cpu()  # (k, D)
-                if picked.shape[0] == 0 or not bool(torch.isfinite(picked).all()) or bool((picked.abs() > FLOAT16_MAX).any()):
-                    skips.append(Skip(entry.id, entry.path, "the teacher gave no frame, or NaN/Inf/float16-overflowing frames"))
-                    continue
-                pending.append(picked)
-                pending_ids.append(entry.id)
-                pending_frames += picked.shape[0]
-                done.add(entry.id)
-                summary.collected_clips += 1
-                summary.frames += picked.shape[0]
-                summary.audio_seconds += samples[entry.id] / SAMPLE_RATE
-            report.forget(e.id for e, _ in results)
-            report.add(skips)
-            bar.update(sum(e.effective_duration for e in batch), frames=summary.frames)
-            if pending_frames >= config.part_frames or time.perf_counter() - last_commit > config.part_seconds:
-                commit()
-    except BaseException:  # a teacher failure or an interruption: keep the finished clips
-        commit()
-        raise
-    commit()
-    bar.close()
+    times = run_clip_job(todo, functools.partial(run_teacher, teacher), parts, report,
+                         batch_seconds=config.batch_seconds, max_duration=config.max_duration,
+                         min_samples=min_samples, desc=f"collect {tag}", progress=config.progress,
+                         commit_seconds=config.part_seconds)
+    summary.load_seconds, summary.teacher_seconds = times.load_seconds, times.model_seconds
     summary.skipped = len(report)
     summary.wall_seconds = time.perf_counter() - started
     state["finished"] = True
@@ -248,13 +224,14 @@ def collect_frames(config: CollectConfig) -> CollectSummary:
     return summary
 
 
+def _finished(done_path: Path) -> bool:
+    return done_path.is_file() and read_json(done_path)["finished"]
+
+
 def _maybe_merge(config: CollectConfig) -> bool:
     count = config.worker[1]
-    states = [_done_path(config.out, (i, count)) for i in range(count)]
-    unfinished = [p.name for p in states if not p.is_file() or not read_json(p)["finished"]]
-    if unfinished:
-        print(f"collect-frames: {len(unfinished)} of {count} workers not finished ({', '.join(unfinished[:5])}); "
-              f"the last one to finish merges the frame store (or run with --finalize)")
+    records = [_done_path(config.out, (i, count)) for i in range(count)]
+    if not all_finished("collect-frames", records, _finished, "merges the frame store"):
         return False
     return merge_parts(config.out, count)
 
@@ -266,7 +243,7 @@ def merge_parts(out: Path, count: int) -> bool:
 
     out = Path(out)
     paths = [_done_path(out, (i, count)) for i in range(count)]
-    missing = [p.name for p in paths if not p.is_file() or not read_json(p)["finished"]]
+    missing = [p.name for p in paths if not _finished(p)]
     if missing:
         raise UserError(f"collect-frames --finalize {out}: workers not finished: {missing}")
     with exclusive_lock(out / ".finalize.lock") as mine:

@@ -63,13 +63,13 @@ def _device(text: str | None) -> str:
 
 
 def _finalize_count(args: argparse.Namespace) -> int:
-    from .clips import parse_shard
+    from .workers import parse_shard
 
     return parse_shard(args.shard)[1]
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    from .clips import parse_shard
+    from .workers import parse_shard
     from .collect import CollectConfig, collect_frames, merge_parts
 
     if args.finalize:
@@ -83,7 +83,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from .clips import parse_shard
+    from .workers import parse_shard
     from .tokenize import TokenizeConfig, finalize_tokens, tokenize
 
     if args.finalize:

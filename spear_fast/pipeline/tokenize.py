@@ -21,13 +21,14 @@ worker's marker and summed over workers in summary.json at finalize.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from spear_fast.atomic import atomic_write_json
 from spear_fast.audio import MIN_SAMPLES
 from spear_fast.data.manifest import ManifestEntry, read_manifest
 from spear_fast.data.token_store import (
@@ -38,26 +39,16 @@ from spear_fast.data.token_store import (
     finalize_token_store,
     stored_ids,
 )
-
-from .clips import (
-    DEFAULT_MAX_DURATION,
-    SAMPLE_RATE,
-    Skip,
-    Throughput,
-    duration_batches,
-    exclusive_lock,
-    load_batch,
-    read_json,
-    run_teacher,
-    select_domain,
-    shard_entries,
-    worker_tag,
-)
-from spear_fast.atomic import atomic_write_json
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 from spear_fast.teachers.spec import TeacherSpec
 
+from .clips import DEFAULT_MAX_DURATION, Skip, select_domain
+from .inference import run_teacher
+from .job import ClipOutput, run_clip_job
+from .locks import exclusive_lock
 from .report import SkipReport, merge_reports, read_report
+from .workers import all_finished, read_json, selection_hash, shard_entries, worker_tag
 
 MARKER_DIR = "workers"
 REPORT_NAME = "skipped.jsonl"
@@ -129,20 +120,47 @@ def teacher_store_name(teacher) -> tuple[str, int | None]:
     return f"{teacher.name}@{layer}", None
 
 
-def selection_hash(entries: list[ManifestEntry]) -> str:
-    """Identifies a worker's clip list (ids, files, segments)."""
-    digest = hashlib.sha256()
-    for e in entries:
-        digest.update(f"{e.id}\t{e.path}\t{e.offset}\t{e.segment_duration}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def _marker_path(out: Path, worker: tuple[int, int]) -> Path:
     return out / MARKER_DIR / f"{worker_tag(worker)}.json"
 
 
 def _report_path(out: Path, worker: tuple[int, int]) -> Path:
     return out / f"skipped-{worker_tag(worker)}.jsonl"
+
+
+class TokenSink:
+    """tokenize's store side (a job.ClipSink): a batch's frames are encoded in one quantiser call and
+    handed to the TokenStoreWriter, which writes a shard every `shard_frames` frames; a commit writes
+    the rest as a shard of its own."""
+
+    def __init__(self, writer: TokenStoreWriter, quantizer, refine_iters: int, summary: TokenizeSummary):
+        self.writer, self.quantizer, self.refine_iters, self.summary = writer, quantizer, refine_iters, summary
+
+    def put(self, outputs: list[ClipOutput]) -> list[Skip]:
+        kept = [output for output in outputs if output.frames.shape[0]]
+        skips = [Skip(o.entry.id, o.entry.path, "the teacher gave no frame for this clip")
+                 for o in outputs if not o.frames.shape[0]]
+        if kept:
+            clock = time.perf_counter()
+            frames = torch.cat([output.frames for output in kept])  # (sum T_i, D)
+            tokens = self.quantizer.encode(frames, self.refine_iters).cpu()  # (sum T_i, N) uint8
+            self.summary.mvq_seconds += time.perf_counter() - clock
+            clock = time.perf_counter()
+            for output, part in zip(kept, tokens.split([output.frames.shape[0] for output in kept])):
+                self.writer.add(output.entry.id, part.numpy())
+                self.summary.frames += part.shape[0]
+                self.summary.audio_seconds += output.samples / SAMPLE_RATE
+            self.summary.write_seconds += time.perf_counter() - clock
+        self.summary.tokenized += len(kept)
+        return skips
+
+    def commit_due(self) -> bool:
+        return False  # the writer closes a shard every shard_frames frames by itself
+
+    def commit(self) -> None:
+        clock = time.perf_counter()
+        self.writer.flush()
+        self.summary.write_seconds += time.perf_counter() - clock
 
 
 def tokenize(config: TokenizeConfig) -> TokenizeSummary:
@@ -188,38 +206,12 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
         todo = [e for e in entries if e.id not in writer]
         summary.already_done = len(entries) - len(todo)
         report.forget(e.id for e in entries if e.id in writer)
-        bar = Throughput(sum(e.effective_duration for e in todo), f"tokenize {tag}", config.progress)
-        last_flush = time.perf_counter()
-        for batch in duration_batches(todo, config.batch_seconds):
-            clock = time.perf_counter()
-            loaded, skips = load_batch(batch, config.max_duration, min_samples)
-            summary.load_seconds += time.perf_counter() - clock
-            results, seconds = run_teacher(teacher, loaded) if loaded else ([], 0.0)
-            summary.teacher_seconds += seconds
-            results, empty = [(e, f) for e, f in results if f.shape[0]], [(e, f) for e, f in results if not f.shape[0]]
-            skips += [Skip(e.id, e.path, "the teacher gave no frame for this clip") for e, _ in empty]
-            if results:
-                clock = time.perf_counter()
-                frames = torch.cat([f for _, f in results])  # (sum T_i, D)
-                tokens = quantizer.encode(frames, config.refine_iters).cpu()  # (sum T_i, N) uint8
-                summary.mvq_seconds += time.perf_counter() - clock
-                clock = time.perf_counter()
-                samples = {entry.id: wave.numel() for entry, wave in loaded}
-                for (entry, _), part in zip(results, tokens.split([f.shape[0] for _, f in results])):
-                    writer.add(entry.id, part.numpy())
-                    summary.frames += part.shape[0]
-                    summary.audio_seconds += samples[entry.id] / SAMPLE_RATE
-                if time.perf_counter() - last_flush > config.flush_seconds:
-                    writer.flush()
-                    last_flush = time.perf_counter()
-                summary.write_seconds += time.perf_counter() - clock
-            summary.tokenized += len(results)
-            report.forget(e.id for e, _ in results)
-            report.add(skips)
-            bar.update(sum(e.effective_duration for e in batch), skipped=len(report))
-        bar.close()
-        clock = time.perf_counter()
-    summary.write_seconds += time.perf_counter() - clock  # the last shard, written on close
+        sink = TokenSink(writer, quantizer, config.refine_iters, summary)
+        times = run_clip_job(todo, functools.partial(run_teacher, teacher), sink, report,
+                             batch_seconds=config.batch_seconds, max_duration=config.max_duration,
+                             min_samples=min_samples, desc=f"tokenize {tag}", progress=config.progress,
+                             commit_seconds=config.flush_seconds)
+    summary.load_seconds, summary.teacher_seconds = times.load_seconds, times.model_seconds
     summary.skipped = len(report)
     summary.skipped_ids = [r.id for r in report.records]
     summary.wall_seconds = time.perf_counter() - started
@@ -237,10 +229,7 @@ def _maybe_finalize(config: TokenizeConfig) -> bool:
     marker). Returns True when the store is final after the call."""
     count = config.worker[1]
     markers = [_marker_path(config.out, (i, count)) for i in range(count)]
-    if not all(m.is_file() for m in markers):
-        missing = [m.name for m in markers if not m.is_file()]
-        print(f"tokenize: {len(missing)} of {count} workers not finished ({', '.join(missing[:5])}); "
-              f"the last one to finish finalizes the store (or run with --finalize)")
+    if not all_finished("tokenize", markers, Path.is_file, "finalizes the store"):
         return False
     return finalize_tokens(config.out, count, manifest=config.manifest, domain=config.domain)
 

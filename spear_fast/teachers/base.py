@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-SAMPLE_RATE = 16000  # every teacher takes 16 kHz mono input
+from spear_fast.sample_rate import SAMPLE_RATE
 
 
 class TeacherOutput(NamedTuple):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
 from .base import Teacher
 from .spec import check_no_options_left, pop_int
@@ -123,7 +124,7 @@ def bins_to_frequency(bins: torch.Tensor) -> torch.Tensor:
 
 
 class CrepeTeacher(Teacher):
-    """CREPE activations at 16000 / hop Hz."""
+    """CREPE activations at SAMPLE_RATE / hop Hz."""
 
     def __init__(self, net: CrepeNet, model: str = "full", layer: str = "conv5", hop: int = 640,
                  device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
@@ -138,7 +139,7 @@ class CrepeTeacher(Teacher):
             p.requires_grad_(False)
         self.name, self.layer, self.hop = f"crepe-{model}", layer, hop
         self.dim = net.dim(layer)
-        self.frame_rate = 16000 / hop
+        self.frame_rate = SAMPLE_RATE / hop
         self.frames_per_call = frames_per_call  # conv1 activations cost 1 MB per frame (full)
 
     @classmethod

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
 from .base import Teacher
 from .spec import check_no_options_left, pop_dtype
@@ -136,7 +137,7 @@ class _MelScale(nn.Module):
 class MelFrontEnd(nn.Module):
     """Power mel spectrogram of each clip, reflect-padded at the clip's own ends."""
 
-    def __init__(self, cfg: DashengConfig, sample_rate: int = 16000):
+    def __init__(self, cfg: DashengConfig, sample_rate: int = SAMPLE_RATE):
         super().__init__()
         self.n_fft, self.hop, self.win, self.center = cfg.n_fft, cfg.hop_size, cfg.win_size, cfg.center
         self.spectrogram = _Spectrogram(cfg.win_size)
@@ -362,7 +363,7 @@ class DashengTeacher(Teacher):
             p.requires_grad_(False)
         self.depth, self.layer, self.name = depth, layer, name
         self.dim = model.cfg.embed_dim
-        self.frame_rate = 16000 / (model.cfg.hop_size * model.cfg.patch_stride[1])  # 25 Hz
+        self.frame_rate = SAMPLE_RATE / (model.cfg.hop_size * model.cfg.patch_stride[1])  # 25 Hz
         # one patch needs patch_stride[1] mel frames: L // hop + 1 >= 4
         self.min_samples = max(model.cfg.hop_size * (model.cfg.patch_stride[1] - 1), model.cfg.n_fft // 2 + 1)
 

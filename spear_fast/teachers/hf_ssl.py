@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
 from .base import Teacher
 from .spec import check_no_options_left, pop_bool, pop_dtype
@@ -106,7 +107,7 @@ class HFSSLTeacher(Teacher):
         ratio = 1
         for stride in config.conv_stride:
             ratio *= int(stride)
-        self.frame_rate = 16000 / ratio  # 50 Hz for the usual 320-sample conv stack
+        self.frame_rate = SAMPLE_RATE / ratio  # 50 Hz for the usual 320-sample conv stack
         self.min_samples = self._min_samples(config)
 
     @staticmethod

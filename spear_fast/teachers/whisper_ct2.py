@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from spear_fast.errors import UserError
+from spear_fast.sample_rate import SAMPLE_RATE
 
 from .base import Teacher
 from .spec import check_no_options_left, pop_int
@@ -61,7 +62,7 @@ def slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
     return np.where(mels >= 15.0, 1000.0 * np.exp(log_step * (mels - 15.0)), mels * (200.0 / 3))
 
 
-def slaney_mel_filters(sample_rate: int = 16000, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
+def slaney_mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) = librosa.filters.mel(sr, n_fft, n_mels) (Slaney scale and area norm)."""
     fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
     mel_freqs = slaney_mel_to_hz(np.linspace(slaney_hz_to_mel(0.0), slaney_hz_to_mel(sample_rate / 2), n_mels + 2))
@@ -136,7 +137,7 @@ class WhisperCT2Teacher(Teacher):
         self.name = f"whisper-ct2:{folder.parent.name if folder.name == 'model' else folder.name}"
         if self.encoder is not None:
             self.name += f"@layer{layer}"
-        self.frame_rate = 16000 / SAMPLES_PER_FRAME  # 50 Hz
+        self.frame_rate = SAMPLE_RATE / SAMPLES_PER_FRAME  # 50 Hz
         self.compute_type = compute_type
         self.layer = layer
 

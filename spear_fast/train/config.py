@@ -17,6 +17,7 @@ from typing import Any, Literal
 from spear_fast.errors import UserError
 from spear_fast.masking import MaskingConfig
 from spear_fast.model.config import StudentConfig, _field, config_from_dict, preset
+from spear_fast.objective import ObjectiveSettings
 
 TEACHER_NAMES = ("speech", "audio")  # the key of each teacher = the domain it is the expert of
 
@@ -32,15 +33,10 @@ class TeacherTokensConfig:
 
 
 @dataclass
-class LossConfig:
-    """The objective of SPEAR.md section 6 (spear_fast/objective.py)."""
+class LossConfig(ObjectiveSettings):
+    """The objective of SPEAR.md section 6: its settings (alpha, lambda_audio, mode, max_length_mismatch;
+    spear_fast/objective.py), which teachers it uses, and what their token stores hold."""
 
-    alpha: float = _field(0.5, "frame weight of masked frames (unmasked frames: 1 - alpha)", ge=0.0, le=1.0)
-    lambda_audio: float = _field(0.1, "weight of the audio teacher's loss", ge=0.0)
-    mode: Literal["asymmetric", "own_teacher", "both_all"] = _field(
-        "asymmetric", "asymmetric: speech teacher on all clips, audio teacher on audio clips; own_teacher: "
-                      "each teacher on its own domain; both_all: every teacher on every clip")
-    max_length_mismatch: int = _field(2, "tolerated |token frames - student frames| per clip (student rate)", ge=0)
     teachers: Literal["both", "speech", "audio"] = _field(
         "both", "which teachers' losses are used (single-teacher ablations drop the other store)")
     speech: TeacherTokensConfig = _field(TeacherTokensConfig(), "speech teacher's tokens")

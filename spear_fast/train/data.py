@@ -173,8 +173,9 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-class SkipReport:
-    """Appends {id, reason, rank} lines to RUN_DIR/skipped.jsonl (O_APPEND: ranks may share it)."""
+class SkippedClipsLog:
+    """The clips a training run left out (up-front validation, unreadable files met by the loader): appends
+    {id, reason, rank[, step]} lines to RUN_DIR/skipped.jsonl (O_APPEND: ranks may share it)."""
 
     def __init__(self, path: Path, rank: int):
         self.path = Path(path)

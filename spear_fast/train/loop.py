@@ -53,7 +53,7 @@ from spear_fast.objective import (
 from spear_fast import checkpoint as ckpt
 from spear_fast.train.augment import augment_batch
 from spear_fast.train.config import TrainConfig, train_config_from_dict
-from spear_fast.train.data import SkipReport, build_loader, stop_workers, teacher_specs
+from spear_fast.train.data import SkippedClipsLog, build_loader, stop_workers, teacher_specs
 from spear_fast.plot import plot_losses
 from spear_fast.train.metrics import RunLog, peak_flops, step_flops
 from spear_fast.train.scaled_adam import ScaledAdam
@@ -182,9 +182,7 @@ class Trainer:
         self.frame_rates = {spec.name: spec.frame_rate for spec in self.specs}
         torch.manual_seed(config.runtime.seed)  # the initial weights
         student = SpearStudent(config.model)
-        objective = SpearObjective(ObjectiveConfig(teachers=self.specs, alpha=config.loss.alpha,
-                                                   lambda_audio=config.loss.lambda_audio, mode=config.loss.mode,
-                                                   max_length_mismatch=config.loss.max_length_mismatch),
+        objective = SpearObjective(ObjectiveConfig.for_teachers(self.specs, config.loss),
                                    student.dim, student.frame_rate)
         self.module = TrainModule(student, objective).to(self.device)
         self.head_outputs = sum(head.out_features for head in objective.heads.values())
@@ -225,7 +223,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.peak = peak_flops(self.device)
-        self.skips = SkipReport(self.run_dir / "skipped.jsonl", self.rank)
+        self.skips = SkippedClipsLog(self.run_dir / "skipped.jsonl", self.rank)
         if self.is_main and skipped and self.resumed_from is None:
             self.skips.add(skipped)
 

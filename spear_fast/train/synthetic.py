@@ -22,6 +22,7 @@ from spear_fast.data.token_store import (
     TokenStoreWriter,
     finalize_token_store,
 )
+from spear_fast.sample_rate import SAMPLE_RATE
 
 SEGMENT = 640  # samples per level segment: 40 ms = 2 frames at 50 Hz = 1 frame at 25 Hz
 
@@ -49,9 +50,9 @@ def write_synthetic_corpus(out_dir: str | Path, *, num_clips: int = 16, min_seco
         wave = np.clip(wave, -1.0, 1.0).astype(np.float32)
         utt_id = f"clip{i:04d}"
         path = out_dir / "audio" / f"{utt_id}.wav"
-        sf.write(path, wave, 16000, subtype="FLOAT")
+        sf.write(path, wave, SAMPLE_RATE, subtype="FLOAT")
         domain = "audio" if i % 2 else "speech"
-        entries.append(ManifestEntry(id=utt_id, path=str(path), duration=wave.size / 16000, sample_rate=16000,
+        entries.append(ManifestEntry(id=utt_id, path=str(path), duration=wave.size / SAMPLE_RATE, sample_rate=SAMPLE_RATE,
                                      domain=domain))
         n = np.arange(speech_codebooks)
         per_segment = (level[:, None] * (2 * n + 1) + 7 * n) % 256  # (S, N_s)

@@ -31,7 +31,7 @@ from .configuration_spear_fast import SpearFastConfig
 
 # ---------------------------------------------------------------------------------------------
 # fbank: lhotse's Fbank(FbankConfig(num_mel_bins=128)) (see spear_fast/audio/fbank.py for the why)
-SAMPLE_RATE = 16000
+SAMPLE_RATE = 16000  # spear_fast.sample_rate's value, re-stated: this file runs without spear-fast
 FBANK_DIM = 128
 FRAME_LENGTH = 400  # 25 ms
 FRAME_SHIFT = 160  # 10 ms
