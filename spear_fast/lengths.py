@@ -25,3 +25,14 @@ def device_lengths(lengths: Lengths, device: torch.device | str) -> torch.Tensor
     if isinstance(lengths, torch.Tensor):
         return lengths.to(device=device, dtype=torch.int64)
     return torch.tensor(list(lengths), dtype=torch.int64).to(device, non_blocking=True)
+
+
+def frame_indices(lengths: Sequence[int], num_frames: int, device: torch.device | str) -> torch.Tensor:
+    """(sum(lengths),) int64 on `device`: the flat indices b * num_frames + t of frames t < lengths[b] of
+    a (B, num_frames) batch, clip by clip. What `valid.reshape(-1).nonzero()` gives, without reading
+    the device: the output size is known on the host."""
+    total = sum(lengths)
+    counts = device_lengths(lengths, device)  # (B,)
+    first = counts.cumsum(0) - counts  # (B,) where each clip's frames start in the output
+    offset = torch.arange(len(lengths), device=device) * num_frames - first  # (B,) flat index - output position
+    return torch.repeat_interleave(offset, counts, output_size=total) + torch.arange(total, device=device)
