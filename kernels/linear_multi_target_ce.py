@@ -7,8 +7,9 @@ targets y (F, N) integer (-100 = ignored, contributes 0), frame weights w (F,).
 `reduction="none"` returns the per-frame terms w_f * (1/N) * sum_n CE (F,).
 
 The (F, N*K) logits never exist at once. Frames that cannot contribute (weight 0, or every target
-ignored) are dropped first; the rest are processed in chunks of rows (Liger-Kernel's
-FusedLinearCrossEntropy scheme):
+ignored) are dropped first (finding them waits for the device; skip_empty_frames=False keeps them,
+for callers that pass only frames that count); the rest are processed in chunks of rows
+(Liger-Kernel's FusedLinearCrossEntropy scheme):
 
     logits = h_chunk @ W^T                       one GEMM, (C, N*K)
     kernel: logits -> per-(row, codebook) CE     fp32 log-sum-exp per codebook, in place:
@@ -256,6 +257,7 @@ def _fused_pass(
     targets: Tensor,
     row_scale: Tensor,
     *,
+    skip_empty_rows: bool,
     keep_zero_rows: bool,
     grad_hidden: bool,
     grad_weight: bool,
@@ -266,8 +268,10 @@ def _fused_pass(
     """One chunked sweep over the frames.
 
     row_scale (F,): d objective / d (mean CE of frame f) (frame weight, times grad_output in the
-    reduction="none" backward). Returns frame_ce (F,) = (1/N) sum_n CE_fn (fp32; 0 on frames
-    skipped), and dh (F, d), dW (N*K, d), db (N*K,) of sum_f row_scale_f * frame_ce_f where asked.
+    reduction="none" backward). skip_empty_rows: leave out rows without a target or (unless
+    keep_zero_rows) with row_scale 0; finding them reads the device. Returns frame_ce (F,) = (1/N)
+    sum_n CE_fn (fp32; 0 on frames skipped), and dh (F, d), dW (N*K, d), db (N*K,) of
+    sum_f row_scale_f * frame_ce_f where asked.
     """
     F, d = hidden.shape
     N = targets.shape[1]
@@ -288,10 +292,13 @@ def _fused_pass(
     dw_acc = torch.zeros((NK, d), dtype=acc_dtype, device=hidden.device) if grad_weight else None
     db_acc = torch.zeros(NK, dtype=acc_dtype, device=hidden.device) if grad_bias else None
 
-    has_target = (targets != IGNORE_INDEX).any(1)  # (F,)
-    active = has_target if keep_zero_rows else has_target & (row_scale != 0)
-    rows_all = torch.nonzero(active).squeeze(1)  # (F_active,)
-    F_active = rows_all.numel()
+    if skip_empty_rows:
+        has_target = (targets != IGNORE_INDEX).any(1)  # (F,)
+        active = has_target if keep_zero_rows else has_target & (row_scale != 0)
+        rows_all = torch.nonzero(active).squeeze(1)  # (F_active,)
+        F_active = rows_all.numel()
+    else:  # every row goes through: an empty one gets coefficient 0 or only ignored targets
+        rows_all, F_active = None, F
     dense = F_active == F  # every frame active: slice instead of gather
     coef_all = (row_scale.to(acc_dtype) / N)  # (F,)
     # The small per-row tensors are gathered once, the chunks below take slices of them.
@@ -345,7 +352,9 @@ def _fused_pass(
             else:
                 db_acc += d_logits.sum(0, dtype=acc_dtype)
 
-    if F_active:
+    if dense:
+        frame_ce.copy_(ce_act.sum(1) / N)
+    elif F_active:
         frame_ce.index_copy_(0, rows_all, ce_act.sum(1) / N)
     dw = None if dw_acc is None else dw_acc.to(weight.dtype)
     db = None if db_acc is None else db_acc.to(bias.dtype)
@@ -385,6 +394,7 @@ def _lmtce_op(
     grad_hidden: bool,
     grad_weight: bool,
     grad_bias: bool,
+    skip_empty_rows: bool,
     keep_zero_weight_rows: bool,
     chunk_rows: int,
     use_triton: bool,
@@ -403,6 +413,7 @@ def _lmtce_op(
     in_pass = reduction == "sum"
     frame_ce, dh, dw, db = _fused_pass(
         hidden, weight, bias, targets, row_scale,
+        skip_empty_rows=skip_empty_rows,
         keep_zero_rows=keep_zero_weight_rows,
         grad_hidden=grad_hidden and in_pass,
         grad_weight=grad_weight and in_pass,
@@ -423,7 +434,7 @@ def _lmtce_op(
 
 @_lmtce_op.register_fake
 def _lmtce_fake(hidden, weight, targets, frame_weights, bias, reduction, check_targets,
-                grad_hidden, grad_weight, grad_bias, keep_zero_weight_rows, chunk_rows, use_triton):
+                grad_hidden, grad_weight, grad_bias, skip_empty_rows, keep_zero_weight_rows, chunk_rows, use_triton):
     F = hidden.shape[0]
     dtype = _loss_dtype(hidden)
     in_pass = reduction == "sum"
@@ -447,6 +458,7 @@ def _lmtce_backward_op(
     grad_hidden: bool,
     grad_weight: bool,
     grad_bias: bool,
+    skip_empty_rows: bool,
     chunk_rows: int,
     use_triton: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -457,6 +469,7 @@ def _lmtce_backward_op(
     bias = None if bias is None else bias.contiguous()
     _, dh, dw, db = _fused_pass(
         hidden, weight, bias, targets, row_scale.to(_loss_dtype(hidden)),
+        skip_empty_rows=skip_empty_rows,
         keep_zero_rows=False,
         grad_hidden=grad_hidden,
         grad_weight=grad_weight,
@@ -473,7 +486,7 @@ def _lmtce_backward_op(
 
 @_lmtce_backward_op.register_fake
 def _lmtce_backward_fake(hidden, weight, targets, row_scale, bias, grad_hidden, grad_weight,
-                         grad_bias, chunk_rows, use_triton):
+                         grad_bias, skip_empty_rows, chunk_rows, use_triton):
     return (
         torch.empty_like(hidden) if grad_hidden else _empty(hidden),
         torch.empty_like(weight) if grad_weight else _empty(weight),
@@ -483,10 +496,11 @@ def _lmtce_backward_fake(hidden, weight, targets, row_scale, bias, grad_hidden, 
 
 def _setup_context(ctx, inputs, output):
     (hidden, weight, targets, frame_weights, bias, reduction, _check, grad_hidden, grad_weight,
-     grad_bias, _keep, chunk_rows, use_triton) = inputs
+     grad_bias, skip_empty_rows, _keep, chunk_rows, use_triton) = inputs
     _loss, frame_ce, dh, dw, db = output
     ctx.reduction = reduction
     ctx.flags = (grad_hidden, grad_weight, grad_bias and bias is not None)
+    ctx.skip_empty_rows = skip_empty_rows
     ctx.chunk_rows = chunk_rows
     ctx.use_triton = use_triton
     ctx.fw_dtype = frame_weights.dtype
@@ -515,7 +529,7 @@ def _backward(ctx, grad_loss, _g_ce, _g_dh, _g_dw, _g_db):
         if grad_hidden or grad_weight or grad_bias:
             dh, dw, db = _lmtce_backward_op(
                 hidden, weight, targets, row_scale, bias, grad_hidden, grad_weight, grad_bias,
-                ctx.chunk_rows, ctx.use_triton,
+                ctx.skip_empty_rows, ctx.chunk_rows, ctx.use_triton,
             )
         dh = dh if grad_hidden else None
         dw = dw if grad_weight else None
@@ -523,7 +537,7 @@ def _backward(ctx, grad_loss, _g_ce, _g_dh, _g_dw, _g_db):
         d_fw = frame_ce * grad_loss if need_w else None
     if d_fw is not None:
         d_fw = d_fw.to(ctx.fw_dtype)
-    return dh, dw, None, d_fw, db, None, None, None, None, None, None, None, None
+    return dh, dw, None, d_fw, db, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -593,6 +607,8 @@ def linear_multi_target_ce(
     *,
     chunk_size: int | None = None,
     use_triton: bool | None = None,
+    check: bool = True,
+    skip_empty_frames: bool = True,
 ) -> Tensor:
     """sum_f w_f * (1/N) * sum_n CE(h_f W_n^T + b_n, y_fn) without materialising (F, N*K) logits.
 
@@ -602,8 +618,12 @@ def linear_multi_target_ce(
     device; turn off for speed once the data is trusted). chunk_size: rows per GEMM chunk (default:
     sized by CUDA_CHUNK_BYTES / CPU_CHUNK_BYTES). use_triton: None = CUDA -> Triton, else torch;
     True forces the Triton kernel (CUDA, or any device under TRITON_INTERPRET=1); False the twin.
+    check=False skips all input checks, check_targets' too (for callers that built their inputs to
+    shape, like spear_fast.objective). skip_empty_frames=False sends every frame through the GEMMs
+    instead of first finding those without a target or weight (a device sync); the result is the same.
     """
-    _validate(hidden, weight, targets, frame_weights, bias, reduction)
+    if check:
+        _validate(hidden, weight, targets, frame_weights, bias, reduction)
     if use_triton is None:
         use_triton = prefer_triton(hidden, weight) and hidden.dtype != torch.float64
     elif use_triton:
@@ -624,8 +644,8 @@ def linear_multi_target_ce(
     grad_bias = grad_on and bias is not None and bias.requires_grad
     keep_zero = grad_on and frame_weights.requires_grad
     loss, _frame_ce, _dh, _dw, _db = _lmtce_op(
-        hidden, weight, targets, frame_weights, bias, reduction, check_targets,
-        grad_hidden, grad_weight, grad_bias, keep_zero, int(chunk_size), bool(use_triton),
+        hidden, weight, targets, frame_weights, bias, reduction, check_targets and check,
+        grad_hidden, grad_weight, grad_bias, skip_empty_frames, keep_zero, int(chunk_size), bool(use_triton),
     )
     return loss
 

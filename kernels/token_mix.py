@@ -209,6 +209,8 @@ def draw_token_mix_plan(
     snr_range: tuple[float, float] = (-5.0, 5.0),
     overlap_range: tuple[float, float] = (0.2, 0.5),
     full_overlap_prob: float = 0.5,
+    *,
+    check: bool = True,
 ) -> TokenMixPlan:
     """Draw a plan for a batch with sample `lengths` (B,) (SPEAR.md section 7).
 
@@ -218,8 +220,9 @@ def draw_token_mix_plan(
     is round(frac * len_primary) with frac ~ U(overlap_range), clipped to the partner's length. The
     overlap starts at a uniform delay in [0, len_primary - length]. Every row consumes the same
     draws whatever its outcome, so a plan depends only on (generator state, lengths). The draws
-    come from `generator` on the CPU; the plan lands on lengths' device. Unmixed rows: partner -1,
-    offset 0, length 0, snr 0.
+    come from `generator` on the CPU; the plan lands on lengths' device (CPU lengths give a host plan,
+    which `token_mix` reads without a device sync). Unmixed rows: partner -1, offset 0, length 0,
+    snr 0. check=False skips the check for negative lengths (it reads them).
     """
     if lengths.dim() != 1:
         raise ValueError(f"draw_token_mix_plan: lengths must be (B,), found shape {tuple(lengths.shape)}")
@@ -233,7 +236,7 @@ def draw_token_mix_plan(
         raise ValueError(f"draw_token_mix_plan: snr_range must satisfy lo <= hi, found {snr_range}")
     B = lengths.shape[0]
     lens = lengths.detach().to("cpu", torch.int64)  # (B,)
-    if (lens < 0).any():
+    if check and (lens < 0).any():
         raise ValueError(f"draw_token_mix_plan: negative length {int(lens.min())} in lengths")
     gen = dict(generator=generator, dtype=torch.float64)
     mix_u = torch.rand(B, **gen)
@@ -356,27 +359,34 @@ def _check_inputs(
                     f"token_mix: uniforms[{i}] must be a float tensor of shape {tuple(tgt.shape)}, "
                     f"found {uni.dtype} {tuple(uni.shape)}"
                 )
-    tensors = {"waves": waves, "lengths": lengths, **dict(zip(TokenMixPlan._fields, plan))}
+    # the plan may stay on the host whatever the waves' device (token_mix reads it there)
+    tensors = {"waves": waves, "lengths": lengths}
+    tensors.update({name: t for name, t in zip(TokenMixPlan._fields, plan) if t.device.type != "cpu"})
     tensors.update({f"targets[{i}]": t for i, t in enumerate(targets)})
     tensors.update({f"uniforms[{i}]": t for i, t in enumerate(uniforms or ())})
     check_same_device("token_mix", **tensors)
 
 
 class _HostPlan(NamedTuple):
-    """The validated plan on the CPU (the op's only device -> host transfers)."""
+    """The plan on the CPU, unmixed rows normalised: partner -1, length 0, snr 0."""
 
     partner: torch.Tensor  # (B,) int64
     offset: torch.Tensor  # (B,) int64
     length: torch.Tensor  # (B,) int64, 0 for unmixed rows
     snr_db: torch.Tensor  # (B,) float64
-    max_length: int  # longest overlap
 
 
-def _check_plan(lengths: torch.Tensor, plan: Sequence[torch.Tensor], L: int) -> _HostPlan:
-    """Plan values against the batch (two small host transfers)."""
-    ints = torch.stack([t.detach().to(torch.int64) for t in (lengths, *plan[:3])]).cpu()  # (4, B)
-    lens, partner, offset, length = ints.unbind(0)
-    snr = plan[3].detach().cpu()
+def _plan_on_host(plan: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """partner, offset, length (B,) int64 and snr_db (B,) float64 on the CPU: the op's only device ->
+    host transfers, two small ones for a plan on the device, none for a host plan."""
+    ints = torch.stack([t.detach().to(torch.int64) for t in plan[:3]]).to("cpu")  # (3, B)
+    return (*ints.unbind(0), plan[3].detach().to("cpu", torch.float64))
+
+
+def _check_plan(lengths: torch.Tensor, plan: Sequence[torch.Tensor], L: int) -> None:
+    """Plan values (on the host) against the batch; ValueError naming the row."""
+    lens = lengths.detach().to("cpu", torch.int64)
+    partner, offset, length, snr = plan
     B = lens.shape[0]
 
     def fail(mask: torch.Tensor, what: str, values: torch.Tensor) -> None:
@@ -395,12 +405,15 @@ def _check_plan(lengths: torch.Tensor, plan: Sequence[torch.Tensor], L: int) -> 
     fail(active & (offset + length > lens), "plan.offset + plan.length must be <= the row's length", offset + length)
     partner_len = lens[partner.clamp(min=0)]
     fail(active & (length > partner_len), "plan.length must be <= the partner's length", length)
-    fail(mixed & ~torch.isfinite(snr.double()), "plan.snr_db must be finite", snr)
-    length = torch.where(active, length, 0)
-    return _HostPlan(
-        torch.where(active, partner, -1), offset, length, torch.where(active, snr.double(), 0.0),
-        int(length.max()) if B > 0 else 0,
-    )
+    fail(mixed & ~torch.isfinite(snr), "plan.snr_db must be finite", snr)
+
+
+def _host_plan(plan: Sequence[torch.Tensor]) -> _HostPlan:
+    """The plan on the host (`_plan_on_host`) with its unmixed rows normalised; reads no value."""
+    partner, offset, length, snr = plan
+    active = (partner >= 0) & (length > 0)
+    return _HostPlan(torch.where(active, partner, -1), offset, torch.where(active, length, 0),
+                     torch.where(active, snr, 0.0))
 
 
 def overlap_frames(host: _HostPlan, frame_rate: float, sample_rate: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,14 +482,16 @@ def _token_mix_triton(
         waves = waves.contiguous()
     ratio, beta_snr = snr_tables(host)
     frames = [overlap_frames(host, rate, sample_rate, t.shape[1]) for t, rate in zip(targets, frame_rates)]
-    ints = torch.stack([host.partner, host.offset, host.length, *(x for f in frames for x in f)]).to(device)
-    floats = torch.stack([ratio.float(), beta_snr]).to(device)  # (2, B)
+    ints = torch.stack([host.partner, host.offset, host.length, *(x for f in frames for x in f)])
+    ints = ints.to(device, non_blocking=True)
+    floats = torch.stack([ratio.float(), beta_snr]).to(device, non_blocking=True)  # (2, B)
     partner, offset, length = ints[0], ints[1], ints[2]  # (B,) each, contiguous rows
 
     out_waves = torch.empty((B, L), dtype=waves.dtype, device=device)
     gain = torch.empty(B, dtype=torch.float32, device=device)
     beta = torch.empty(B, dtype=torch.float32, device=device)
-    n_chunks = max(triton.cdiv(host.max_length, wave_block * power_iters), 1)
+    max_length = int(host.length.max()) if B > 0 else 0  # longest overlap, read on the host
+    n_chunks = max(triton.cdiv(max_length, wave_block * power_iters), 1)
     powers = torch.empty((B, n_chunks, 2), dtype=torch.float32, device=device)  # chunk partials
     if B > 0:
         _overlap_power_kernel[(B, n_chunks)](
@@ -592,14 +607,18 @@ def _token_mix_torch(
 
 
 def _run(
-    waves, lengths, plan, targets, frame_rates, seed, sample_rate, uniforms, use_triton
+    waves, lengths, plan, targets, frame_rates, seed, sample_rate, uniforms, use_triton, check
 ) -> TokenMixResult:
     plan = tuple(plan)
     targets = tuple(targets)
     frame_rates = tuple(float(r) for r in frame_rates)
     uniforms = tuple(uniforms) if uniforms is not None else None
-    _check_inputs(waves, lengths, plan, targets, frame_rates, sample_rate, uniforms)
-    host = _check_plan(lengths, plan, waves.shape[1])
+    if check:
+        _check_inputs(waves, lengths, plan, targets, frame_rates, sample_rate, uniforms)
+    plan = _plan_on_host(plan)
+    if check:
+        _check_plan(lengths, plan, waves.shape[1])
+    host = _host_plan(plan)
     if use_triton is None:
         use_triton = prefer_triton(waves)
     if use_triton:
@@ -627,11 +646,12 @@ def _token_mix_op(
     uniforms: list[torch.Tensor],
     has_uniforms: bool,
     use_triton: bool | None,
+    check: bool,
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
     # The schema has no optional tensor list: `has_uniforms` tells an empty list from no uniforms.
     result = _run(
         waves, lengths, (partner, offset, length, snr_db), targets, frame_rates, seed, sample_rate,
-        uniforms if has_uniforms else None, use_triton,
+        uniforms if has_uniforms else None, use_triton, check,
     )
     return result.waves, list(result.targets), result.gain, result.beta
 
@@ -639,7 +659,7 @@ def _token_mix_op(
 @_token_mix_op.register_fake
 def _token_mix_fake(
     waves, lengths, partner, offset, length, snr_db, targets, frame_rates, seed, sample_rate, uniforms,
-    has_uniforms, use_triton,
+    has_uniforms, use_triton, check,
 ):
     _check_inputs(
         waves, lengths, (partner, offset, length, snr_db), targets, frame_rates, sample_rate,
@@ -665,6 +685,7 @@ def token_mix(
     sample_rate: int = 16000,
     uniforms: Sequence[torch.Tensor] | None = None,
     use_triton: bool | None = None,
+    check: bool = True,
 ) -> TokenMixResult:
     """Mix each planned partner into its primary at the plan's SNR and swap tokens in the overlap.
 
@@ -674,11 +695,14 @@ def token_mix(
     rule (CUDA -> Triton, else the torch twin); True forces the Triton kernels (CUDA, or any device
     under TRITON_INTERPRET=1); False forces the twin. Out-of-place; no autograd. See the module
     docstring for the exact semantics.
+    The plan is read on the host: a plan on the CPU (draw_token_mix_plan with CPU lengths) costs no
+    device sync. check=False skips the shape checks and the plan checks (which read `lengths` back),
+    for callers whose plan comes from draw_token_mix_plan over the same lengths.
     """
     w, t, gain, beta = torch.ops.spear.token_mix(
         waves, lengths, plan[0], plan[1], plan[2], plan[3], list(targets), [float(r) for r in frame_rates],
         int(seed), int(sample_rate), list(uniforms) if uniforms is not None else [], uniforms is not None,
-        use_triton,
+        use_triton, check,
     )
     return TokenMixResult(w, tuple(t), gain, beta)
 
@@ -695,7 +719,8 @@ def token_mix_torch(
     uniforms: Sequence[torch.Tensor] | None = None,
 ) -> TokenMixResult:
     """The pure-torch twin of `token_mix` (same arguments, same results; the CPU path)."""
-    return _run(waves, lengths, plan, targets, frame_rates, seed, sample_rate, uniforms, use_triton=False)
+    return _run(waves, lengths, plan, targets, frame_rates, seed, sample_rate, uniforms, use_triton=False,
+                check=True)
 
 
 __all__ = [

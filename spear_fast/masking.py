@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from spear_fast.errors import UserError
+from spear_fast.lengths import Lengths, host_lengths
 from spear_fast.model.config import FBANK_DIM
 from spear_fast.model.subsampling import subsampled_lengths
 
@@ -62,8 +63,18 @@ class MaskingResult(NamedTuple):
     channel_mask: torch.Tensor  # (B, 128) bool, bins zeroed
     output_mask: torch.Tensor  # (B, T') bool, masked student output frames ("any" rule)
     output_lengths: torch.Tensor  # (B,) int64 student output lengths
-    time_fraction: float  # masked fraction of valid input frames
-    output_fraction: float  # masked fraction of valid output frames
+    valid_frames: int  # valid input frames of the batch
+    valid_output_frames: int  # valid output frames of the batch
+
+    @property
+    def time_fraction(self) -> float:
+        """Masked fraction of valid input frames (reads the mask back from its device)."""
+        return float(self.time_mask.sum()) / max(self.valid_frames, 1)
+
+    @property
+    def output_fraction(self) -> float:
+        """Masked fraction of valid output frames (reads the mask back from its device)."""
+        return float(self.output_mask.sum()) / max(self.valid_output_frames, 1)
 
 
 def _draw_spans(lengths: torch.Tensor, width: torch.Tensor, num_spans: torch.Tensor, size: int,
@@ -97,7 +108,7 @@ def output_rate_mask(time_mask: torch.Tensor, feat_lengths: torch.Tensor, time_s
     """(B, T) input-rate mask -> (B, T') output-rate mask: output frame t is masked when any input frame
     in [s t, s t + s) is, and t < its utterance's output length."""
     batch, frames = time_mask.shape
-    out_frames = int(subsampled_lengths(torch.tensor(frames), time_stride))
+    out_frames = subsampled_lengths(frames, time_stride)
     padded = torch.zeros(batch, out_frames * time_stride, dtype=torch.bool, device=time_mask.device)
     padded[:, :frames] = time_mask
     out = padded.view(batch, out_frames, time_stride).any(dim=2)  # (B, T')
@@ -105,21 +116,25 @@ def output_rate_mask(time_mask: torch.Tensor, feat_lengths: torch.Tensor, time_s
     return out & (torch.arange(out_frames, device=time_mask.device)[None, :] < out_lengths[:, None])
 
 
-def compute_masks(feats: torch.Tensor, feat_lengths: torch.Tensor, config: MaskingConfig,
+def compute_masks(feats: torch.Tensor, feat_lengths: Lengths, config: MaskingConfig,
                   generator: torch.Generator, time_stride: int = 2) -> MaskingResult:
     """Draw channel and time masks for a padded fbank batch; see the module docstring for the rules.
-    Random numbers come from `generator` (a CPU torch.Generator) only, so a seed fixes the masks."""
+    Random numbers come from `generator` (a CPU torch.Generator) only, so a seed fixes the masks.
+    The masks are drawn on the host from the lengths: pass them as Python ints and nothing is read
+    back from feats' device (spear_fast.lengths)."""
     config.validate()
     if feats.dim() != 3 or feats.shape[-1] != FBANK_DIM:
         raise ValueError(f"feats must be (B, T, {FBANK_DIM}), got {tuple(feats.shape)}")
     batch, frames, _ = feats.shape
-    if feat_lengths.shape != (batch,) or feat_lengths.is_floating_point():
+    if isinstance(feat_lengths, torch.Tensor) and (feat_lengths.shape != (batch,) or feat_lengths.is_floating_point()):
         raise ValueError(f"feat_lengths must be an integer ({batch},) tensor, got {tuple(feat_lengths.shape)} "
                          f"{feat_lengths.dtype}")
-    lengths = feat_lengths.detach().to("cpu", torch.int64)
-    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > frames):
-        raise ValueError(f"feat_lengths must lie in [0, {frames}] (T of feats {tuple(feats.shape)}), "
-                         f"got {lengths.tolist()}")
+    host = host_lengths(feat_lengths)
+    if len(host) != batch:
+        raise ValueError(f"feat_lengths must have {batch} values, got {len(host)}")
+    if batch and (min(host) < 0 or max(host) > frames):
+        raise ValueError(f"feat_lengths must lie in [0, {frames}] (T of feats {tuple(feats.shape)}), got {host}")
+    lengths = torch.tensor(host, dtype=torch.int64)  # (B,) on the CPU, where the masks are drawn
     device = feats.device
     out_lengths = subsampled_lengths(lengths, time_stride)
     if not config.enabled:
@@ -139,10 +154,10 @@ def compute_masks(feats: torch.Tensor, feat_lengths: torch.Tensor, config: Maski
     valid = torch.arange(frames)[None, :] < lengths[:, None]  # (B, T)
     time_mask &= valid
     output_mask = output_rate_mask(time_mask, lengths, time_stride)  # (B, T')
-    zero = (channel_mask[:, None, :] & valid[:, :, None]).to(device)  # (B, T, 128)
+    zero = (channel_mask[:, None, :] & valid[:, :, None]).to(device, non_blocking=True)  # (B, T, 128)
     masked_feats = feats.masked_fill(zero, 0.0)
-    time_fraction = float(time_mask.sum()) / max(int(lengths.sum()), 1)
-    output_fraction = float(output_mask.sum()) / max(int(out_lengths.sum()), 1)
-    return MaskingResult(feats=masked_feats, time_mask=time_mask.to(device), channel_mask=channel_mask.to(device),
-                         output_mask=output_mask.to(device), output_lengths=out_lengths.to(device),
-                         time_fraction=time_fraction, output_fraction=output_fraction)
+    return MaskingResult(feats=masked_feats, time_mask=time_mask.to(device, non_blocking=True),
+                         channel_mask=channel_mask.to(device, non_blocking=True),
+                         output_mask=output_mask.to(device, non_blocking=True),
+                         output_lengths=out_lengths.to(device, non_blocking=True), valid_frames=sum(host),
+                         valid_output_frames=sum(subsampled_lengths(n, time_stride) for n in host))

@@ -25,6 +25,11 @@ g N codebooks (50 Hz teacher, 25 Hz student: g = 2, the head then has g N * 256 
 frame's missing half is -100). After alignment, a clip's token length may differ from its student
 length by up to max_length_mismatch frames (default 2, at the student's rate): extra tokens are
 trimmed, missing ones padded with -100; a larger difference raises ValueError naming the clip.
+
+Host and device: the lengths (student frames, token frames) may come as Python ints, the host copies
+that collation keeps. Which frames each head sees is then decided on the host and nothing is read
+back from the device (spear_fast.lengths); the trainer calls it so, with check=False, since its
+batches are built to shape.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from kernels import IGNORE_INDEX
 from kernels.linear_multi_target_ce import linear_multi_target_ce
 
 from spear_fast.errors import UserError
+from spear_fast.lengths import Lengths, device_lengths, frame_indices, host_lengths
 
 DOMAINS = ("speech", "audio")
 MODES = ("asymmetric", "own_teacher", "both_all")
@@ -120,48 +126,52 @@ def head_codebooks(spec: TeacherSpec, student_rate: float) -> int:
     return group * spec.num_codebooks
 
 
-def align_targets(tokens: torch.Tensor, token_lengths: torch.Tensor, teacher_rate: float, student_rate: float,
-                  student_lengths: torch.Tensor, num_frames: int, max_mismatch: int = 2,
-                  name: str = "teacher") -> torch.Tensor:
+def aligned_lengths(token_lengths: Sequence[int], teacher_rate: float, student_rate: float) -> list[int]:
+    """Token frames per clip at the student rate: k T_t when repeating, ceil(T_t / g) when grouping."""
+    repeat, group = rate_ratio(teacher_rate, student_rate)
+    return [n * repeat if repeat > 1 else (n + group - 1) // group for n in token_lengths]
+
+
+def align_targets(tokens: torch.Tensor, token_lengths: Lengths, teacher_rate: float, student_rate: float,
+                  student_lengths: Lengths, num_frames: int, max_mismatch: int = 2,
+                  name: str = "teacher", check: bool = True) -> torch.Tensor:
     """Teacher tokens (B, T_t, N) at teacher_rate -> (B, num_frames, g N) int64 at student_rate, -100
-    beyond each clip's aligned length and on padding. Clips with token length 0 come out all -100."""
-    if tokens.dim() != 3 or tokens.is_floating_point():
+    beyond each clip's aligned length and on padding. Clips with token length 0 come out all -100.
+    The lengths (B,) may be Python ints (nothing is then read back from the device). check=False skips
+    the shape and range checks; the length mismatch is checked always (on the host)."""
+    if check and (tokens.dim() != 3 or tokens.is_floating_point()):
         raise ValueError(f"{name}: tokens must be an integer (B, T, N) tensor, got {tuple(tokens.shape)} "
                          f"{tokens.dtype}")
     batch, teacher_frames, codebooks = tokens.shape
-    if token_lengths.shape != (batch,) or student_lengths.shape != (batch,):
-        raise ValueError(f"{name}: token_lengths and student_lengths must be ({batch},), got "
-                         f"{tuple(token_lengths.shape)} and {tuple(student_lengths.shape)}")
-    token_lengths = token_lengths.to(tokens.device, torch.int64)
-    student_lengths = student_lengths.to(tokens.device, torch.int64)
-    if batch and (int(token_lengths.min()) < 0 or int(token_lengths.max()) > teacher_frames):
+    host_tokens, host_student = host_lengths(token_lengths), host_lengths(student_lengths)
+    if check and (len(host_tokens) != batch or len(host_student) != batch):
+        raise ValueError(f"{name}: token_lengths and student_lengths must have {batch} values, got "
+                         f"{len(host_tokens)} and {len(host_student)}")
+    if check and batch and (min(host_tokens) < 0 or max(host_tokens) > teacher_frames):
         raise ValueError(f"{name}: token_lengths must lie in [0, {teacher_frames}] (tokens {tuple(tokens.shape)}), "
-                         f"got {token_lengths.tolist()}")
+                         f"got {host_tokens}")
+    aligned = aligned_lengths(host_tokens, teacher_rate, student_rate)
+    for b, (tokens_b, aligned_b, student_b) in enumerate(zip(host_tokens, aligned, host_student)):
+        if tokens_b > 0 and abs(aligned_b - student_b) > max_mismatch:
+            raise ValueError(f"{name}: utterance {b} has {aligned_b} token frames at the student rate "
+                             f"{student_rate} Hz ({tokens_b} at {teacher_rate} Hz) but the student has "
+                             f"{student_b} frames (tolerance {max_mismatch})")
     repeat, group = rate_ratio(teacher_rate, student_rate)
+    device = tokens.device
+    token_lengths = device_lengths(host_tokens, device)
     tokens = tokens.to(torch.int64)
-    beyond = torch.arange(teacher_frames, device=tokens.device)[None, :] >= token_lengths[:, None]  # (B, T_t)
+    beyond = torch.arange(teacher_frames, device=device)[None, :] >= token_lengths[:, None]  # (B, T_t)
     tokens = tokens.masked_fill(beyond[..., None], IGNORE_INDEX)
     if repeat > 1:
         tokens = tokens.repeat_interleave(repeat, dim=1)  # (B, k T_t, N)
-        aligned_lengths = token_lengths * repeat
     elif group > 1:
         padded_frames = math.ceil(teacher_frames / group) * group
         tokens = nn.functional.pad(tokens, (0, 0, 0, padded_frames - teacher_frames), value=IGNORE_INDEX)
         tokens = tokens.reshape(batch, padded_frames // group, group * codebooks)  # (B, T_t / g, g N)
-        aligned_lengths = (token_lengths + group - 1) // group
-    else:
-        aligned_lengths = token_lengths
-    has_tokens = token_lengths > 0
-    mismatch = (aligned_lengths - student_lengths).abs()
-    bad = (has_tokens & (mismatch > max_mismatch)).nonzero()
-    if bad.numel():
-        b = int(bad[0, 0])
-        raise ValueError(f"{name}: utterance {b} has {int(aligned_lengths[b])} token frames at the student rate "
-                         f"{student_rate} Hz ({int(token_lengths[b])} at {teacher_rate} Hz) but the student has "
-                         f"{int(student_lengths[b])} frames (tolerance {max_mismatch})")
     out = tokens.new_full((batch, num_frames, tokens.shape[2]), IGNORE_INDEX)  # (B, T', g N)
     width = min(num_frames, tokens.shape[1])
-    keep = torch.arange(width, device=tokens.device)[None, :] < torch.minimum(aligned_lengths, student_lengths)[:, None]
+    kept = device_lengths([min(a, n) for a, n in zip(aligned, host_student)], device)  # (B,)
+    keep = torch.arange(width, device=device)[None, :] < kept[:, None]  # (B, width)
     out[:, :width] = tokens[:, :width].masked_fill(~keep[..., None], IGNORE_INDEX)
     return out
 
@@ -206,27 +216,20 @@ class SpearObjective(nn.Module):
             outputs = head_codebooks(spec, student_frame_rate) * spec.codebook_size
             self.heads[spec.name] = nn.Linear(model_dim, outputs)  # weight (g N K, d): codebook n = rows [nK, (n+1)K)
 
-    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor, output_mask: torch.Tensor,
-                targets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], domains: Sequence[str]) -> ObjectiveOutput:
+    def forward(self, hidden: torch.Tensor, lengths: Lengths, output_mask: torch.Tensor,
+                targets: Mapping[str, tuple[torch.Tensor, Lengths]], domains: Sequence[str],
+                check: bool = True) -> ObjectiveOutput:
         """hidden (B, T', d) student output; lengths (B,); output_mask (B, T') bool (masked frames);
         targets: teacher name -> (tokens (B, T_t, N_t) int, -100 allowed; token_lengths (B,), 0 = none);
-        domains: B strings in {"speech", "audio"}."""
+        domains: B strings in {"speech", "audio"}. Lengths as Python ints: no device read (module
+        docstring). check=False skips the shape checks (for batches built to shape)."""
         config = self.config
-        if hidden.dim() != 3 or hidden.shape[2] != self.model_dim:
-            raise ValueError(f"hidden must be (B, T', {self.model_dim}), got {tuple(hidden.shape)}")
+        host = host_lengths(lengths)
+        if check:
+            self._check(hidden, host, output_mask, targets, domains)
         batch, num_frames, _ = hidden.shape
-        if lengths.shape != (batch,):
-            raise ValueError(f"lengths must be ({batch},), got {tuple(lengths.shape)}")
-        if output_mask.shape != (batch, num_frames) or output_mask.dtype != torch.bool:
-            raise ValueError(f"output_mask must be a bool ({batch}, {num_frames}) tensor, got "
-                             f"{tuple(output_mask.shape)} {output_mask.dtype}")
-        if len(domains) != batch or any(d not in DOMAINS for d in domains):
-            raise ValueError(f"domains must be {batch} values in {DOMAINS}, got {list(domains)}")
-        unknown = set(targets) - set(self.heads.keys())
-        if unknown:
-            raise ValueError(f"targets for unknown teachers {sorted(unknown)}; heads: {list(self.heads.keys())}")
         device = hidden.device
-        lengths = lengths.to(device, torch.int64)
+        lengths = device_lengths(host, device)
         weight_dtype = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 hidden
         weights = frame_weights(output_mask.to(device), lengths, config.alpha, weight_dtype)  # (B, T')
         flat_hidden = hidden.reshape(batch * num_frames, -1)  # (B T', d)
@@ -236,37 +239,54 @@ class SpearObjective(nn.Module):
         for spec in config.teachers:
             head = self.heads[spec.name]
             scale = 1.0 if spec.domain == "speech" else config.lambda_audio
-            applies = torch.tensor([teacher_applies(spec.domain, d, config.mode) for d in domains], device=device)
-            selected = None
+            counts = [0] * batch  # frames of each clip this teacher's head is trained on
             if spec.name in targets:
                 tokens, token_lengths = targets[spec.name]
-                if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[2] != spec.num_codebooks:
-                    raise ValueError(f"{spec.name}: tokens must be ({batch}, T, {spec.num_codebooks}), got "
-                                     f"{tuple(tokens.shape)}")
-                aligned = align_targets(tokens.to(device), token_lengths.to(device), spec.frame_rate,
-                                        self.student_frame_rate, lengths, num_frames, config.max_length_mismatch,
-                                        name=spec.name)  # (B, T', g N)
-                teacher_w = weights * applies[:, None]  # (B, T')
-                keep = (teacher_w > 0) & (aligned != IGNORE_INDEX).any(dim=2)  # (B, T')
-                selected = keep.reshape(-1).nonzero().squeeze(1)  # (F,)
-            if selected is None or selected.numel() == 0:
+                token_lengths = host_lengths(token_lengths)
+                aligned = align_targets(tokens.to(device), token_lengths, spec.frame_rate, self.student_frame_rate,
+                                        host, num_frames, config.max_length_mismatch, name=spec.name,
+                                        check=check)  # (B, T', g N)
+                counts = [min(n, student) if teacher_applies(spec.domain, domain, config.mode) else 0
+                          for n, student, domain in zip(aligned_lengths(token_lengths, spec.frame_rate,
+                                                                        self.student_frame_rate), host, domains)]
+            if sum(counts) == 0:
                 # keep the head in the graph (DDP expects every parameter to receive a gradient)
                 term = (head.weight.sum() + head.bias.sum()) * 0.0
                 covered = weights.new_zeros(())
             else:
+                selected = frame_indices(counts, num_frames, device)  # (F,)
                 h = flat_hidden.index_select(0, selected)  # (F, d)
-                w = teacher_w.reshape(-1).index_select(0, selected)  # (F,)
+                w = weights.reshape(-1).index_select(0, selected)  # (F,)
                 z = aligned.reshape(batch * num_frames, -1).index_select(0, selected)  # (F, g N)
                 term = linear_multi_target_ce(h, head.weight.to(h.dtype), z, w, bias=head.bias.to(h.dtype),
-                                              reduction="sum")
-                covered = w.sum()
+                                              reduction="sum", check=False, skip_empty_frames=False)
+                covered = (w * (z != IGNORE_INDEX).any(dim=1)).sum()  # a frame whose targets are all -100 adds 0
             loss_sum = loss_sum + scale * term.to(weight_dtype)
             teacher_sums[spec.name] = term.detach().to(weight_dtype)
             teacher_weights[spec.name] = covered.detach()
-            teacher_losses[spec.name] = (term.detach().to(weight_dtype) / covered if covered > 0
-                                         else torch.full((), float("nan"), device=device))
+            teacher_losses[spec.name] = torch.where(covered > 0, teacher_sums[spec.name] / covered, math.nan)
         weight_total = weights.sum().detach()
         loss = loss_sum / weight_total.clamp(min=torch.finfo(weight_dtype).tiny)
         return ObjectiveOutput(loss=loss, loss_sum=loss_sum, weight_total=weight_total,
                                teacher_losses=teacher_losses, teacher_sums=teacher_sums,
                                teacher_weights=teacher_weights)
+
+    def _check(self, hidden: torch.Tensor, lengths: list[int], output_mask: torch.Tensor,
+               targets: Mapping[str, tuple[torch.Tensor, Lengths]], domains: Sequence[str]) -> None:
+        if hidden.dim() != 3 or hidden.shape[2] != self.model_dim:
+            raise ValueError(f"hidden must be (B, T', {self.model_dim}), got {tuple(hidden.shape)}")
+        batch, num_frames, _ = hidden.shape
+        if len(lengths) != batch:
+            raise ValueError(f"lengths must be ({batch},), got {len(lengths)} values")
+        if output_mask.shape != (batch, num_frames) or output_mask.dtype != torch.bool:
+            raise ValueError(f"output_mask must be a bool ({batch}, {num_frames}) tensor, got "
+                             f"{tuple(output_mask.shape)} {output_mask.dtype}")
+        if len(domains) != batch or any(d not in DOMAINS for d in domains):
+            raise ValueError(f"domains must be {batch} values in {DOMAINS}, got {list(domains)}")
+        unknown = set(targets) - set(self.heads.keys())
+        if unknown:
+            raise ValueError(f"targets for unknown teachers {sorted(unknown)}; heads: {list(self.heads.keys())}")
+        codebooks = {spec.name: spec.num_codebooks for spec in self.config.teachers}
+        for name, (tokens, _) in targets.items():
+            if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[2] != codebooks[name]:
+                raise ValueError(f"{name}: tokens must be ({batch}, T, {codebooks[name]}), got {tuple(tokens.shape)}")

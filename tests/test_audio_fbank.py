@@ -144,6 +144,8 @@ def test_batched_equals_alone_and_padding(seed, lengths):
         assert int(n) == frame_lengths[row]
         torch.testing.assert_close(feats[row, :n], alone, rtol=0, atol=1e-5)
         assert (feats[row, n:] == PAD_VALUE).all()
+    from_ints, int_frame_lengths = fbank(batch, lengths)  # the host copies the trainer passes
+    assert torch.equal(from_ints, feats) and torch.equal(int_frame_lengths, frame_lengths)
 
 
 def test_small_step_chunking_is_invisible(monkeypatch, seed):
@@ -165,5 +167,9 @@ def test_bad_inputs():
         fbank(torch.randn(2, 400), torch.tensor([400]))
     with pytest.raises(ValueError, match="401"):
         fbank(torch.randn(2, 400), torch.tensor([400, 401]))
+    with pytest.raises(ValueError, match="-1"):
+        fbank(torch.randn(2, 400), [400, -1])
+    with pytest.raises(ValueError, match="must have 2 entries"):
+        fbank(torch.randn(2, 400), [400])
     with pytest.raises(ValueError, match="integers"):
         fbank(torch.randn(2, 400), torch.tensor([400.0, 3.0]))

@@ -115,9 +115,9 @@ def test_collate_pads_with_ignore_and_reports_missing_teachers(tmp_path, seed):
     dataset = SpearDataset(entries, stores)
     batch = collate([dataset[i] for i in range(3)], codebooks={"speech": 4, "audio": 2}).batch
     assert batch.waves.shape == (3, lengths["a"]) and batch.lengths.tolist() == list(lengths.values())
-    assert batch.is_audio.tolist() == [False, False, True]
+    assert batch.domains == ["speech", "speech", "audio"] and batch.num_samples == list(lengths.values())
     assert batch.tokens["speech"].shape == (3, int(np.ceil(lengths["a"] / 320)), 4)
-    assert batch.token_lengths["audio"].tolist() == [0, 0, 50]
+    assert batch.token_lengths["audio"].tolist() == batch.num_token_frames["audio"] == [0, 0, 50]
     assert (batch.tokens["audio"][:2] == IGNORE_INDEX).all() and (batch.tokens["audio"][2, :50, 0] == torch.arange(50)).all()
     assert (batch.tokens["speech"][1, 50:] == IGNORE_INDEX).all() and (batch.waves[1, 16000:] == 0).all()
 

@@ -158,6 +158,20 @@ def test_every_frame_active_path(seed, use_triton, dtype):
     check_against_oracle(fn, tuple(inputs), "sum", TOL[dtype], gen)
 
 
+@pytest.mark.parametrize("use_triton", [False, pytest.param(True, marks=needs_triton)])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_keeping_empty_frames_gives_the_same_result(seed, use_triton, reduction):
+    """skip_empty_frames=False (no device sync) sends zero-weight and all-ignored frames through the
+    GEMMs: they contribute nothing, as when they are dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = make_inputs(gen, 37, 6, 3, 16, torch.float32)
+
+    def fn(*args):
+        return linear_multi_target_ce(*args, chunk_size=8, use_triton=use_triton, skip_empty_frames=False)
+
+    check_against_oracle(fn, inputs, reduction, 1e-5, gen)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_twin_low_precision(seed, dtype):
     gen = torch.Generator().manual_seed(seed)
@@ -196,14 +210,15 @@ def test_frame_weights_gradient(seed, use_triton, reduction):
 
 
 # ---------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("skip_empty_frames", [True, False])
 @pytest.mark.parametrize("use_triton", [False, pytest.param(True, marks=needs_triton)])
 @pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_all_ignored_and_empty(seed, use_triton, reduction):
+def test_all_ignored_and_empty(seed, use_triton, reduction, skip_empty_frames):
     gen = torch.Generator().manual_seed(seed)
     hidden, weight, targets, frame_weights, bias = make_inputs(gen, 9, 4, 2, 16, torch.float32)
     targets.fill_(-100)
     loss = linear_multi_target_ce(hidden, weight, targets, frame_weights, bias, reduction,
-                                  use_triton=use_triton)
+                                  use_triton=use_triton, skip_empty_frames=skip_empty_frames)
     assert torch.equal(loss, torch.zeros_like(loss))
     grads = torch.autograd.grad(loss.sum(), (hidden, weight, bias))
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
@@ -211,7 +226,7 @@ def test_all_ignored_and_empty(seed, use_triton, reduction):
     # all frames weighted 0: same
     targets = torch.randint(0, 16, (9, 2), generator=gen)
     loss = linear_multi_target_ce(hidden, weight, targets, torch.zeros(9), bias, reduction,
-                                  use_triton=use_triton)
+                                  use_triton=use_triton, skip_empty_frames=skip_empty_frames)
     assert torch.equal(loss, torch.zeros_like(loss))
     grads = torch.autograd.grad(loss.sum(), (hidden, weight, bias))
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
@@ -219,7 +234,7 @@ def test_all_ignored_and_empty(seed, use_triton, reduction):
     # no frames at all
     empty_h = torch.randn(0, 4, generator=gen, requires_grad=True)
     loss = linear_multi_target_ce(empty_h, weight, targets[:0], frame_weights[:0], bias, reduction,
-                                  use_triton=use_triton)
+                                  use_triton=use_triton, skip_empty_frames=skip_empty_frames)
     assert loss.shape == (() if reduction == "sum" else (0,))
     assert float(loss.detach().sum()) == 0.0
     (g,) = torch.autograd.grad(loss.sum(), weight)
@@ -268,6 +283,7 @@ def test_validation_errors(seed):
     # the check is switchable off: the twin then reads a -1 target as class 0, without raising
     loss = op(h, W, bad, w, b, check_targets=False)
     assert torch.isfinite(loss)
+    assert torch.equal(op(h, W, bad, w, b, check=False), loss)  # check=False: no check at all
 
 
 @needs_triton
@@ -321,7 +337,7 @@ def test_custom_op_registered():
 
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     h, W, y, w, b = make_inputs(gen, 10, 4, 2, 8, torch.float32)
-    args = (h, W, y, w, b, "sum", True, True, True, True, False, 4, False)
+    args = (h, W, y, w, b, "sum", True, True, True, True, True, False, 4, False)
     opcheck(_lmtce_op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

@@ -106,6 +106,8 @@ def test_deterministic_per_seed_and_disabled(seed):
     assert torch.equal(first.time_mask, second.time_mask) and torch.equal(first.channel_mask, second.channel_mask)
     assert torch.equal(first.feats, second.feats)
     assert not torch.equal(first.time_mask, other.time_mask)
+    from_ints = compute_masks(feats, lengths.tolist(), MaskingConfig(), torch.Generator().manual_seed(seed))
+    assert all(torch.equal(a, b) for a, b in zip(from_ints[:5], first[:5])) and from_ints[5:] == first[5:]
     off = compute_masks(feats, lengths, MaskingConfig(enabled=False), torch.Generator().manual_seed(seed))
     assert not off.time_mask.any() and not off.channel_mask.any() and not off.output_mask.any()
     assert torch.equal(off.feats, feats) and off.time_fraction == 0.0
@@ -117,5 +119,7 @@ def test_bad_inputs_raise():
         compute_masks(torch.randn(2, 10, 64), torch.tensor([10, 5]), MaskingConfig(), generator)
     with pytest.raises(ValueError, match=r"feat_lengths must lie in \[0, 10\]"):
         compute_masks(torch.randn(2, 10, 128), torch.tensor([10, 11]), MaskingConfig(), generator)
+    with pytest.raises(ValueError, match=r"feat_lengths must have 2 values, got 1"):
+        compute_masks(torch.randn(2, 10, 128), [10], MaskingConfig(), generator)
     with pytest.raises(ValueError, match="time_prob must lie in"):
         compute_masks(torch.randn(2, 10, 128), torch.tensor([10, 5]), MaskingConfig(time_prob=1.5), generator)

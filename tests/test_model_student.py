@@ -227,6 +227,8 @@ def test_packed_path_matches_padded_sdpa(backend, seed, monkeypatch):
         padded = model(feats, lengths)
         monkeypatch.setattr(student_module, "resolve_backend", lambda name, device: backend)
         packed = model(feats, lengths)
+        from_ints = model(feats, lengths.tolist(), check=False)  # the trainer's call: layout from host ints
+    assert all(torch.equal(a, b) for a, b in zip(from_ints.layers, packed.layers, strict=True))
     # flash computes in bf16 (the backend casts fp32 inputs), xformers here in fp32
     tolerance = dict(atol=3e-2, rtol=3e-2) if backend == "flash" else dict(atol=1e-5, rtol=1e-4)
     assert torch.equal(packed.lengths, padded.lengths)

@@ -113,6 +113,13 @@ def test_loss_matches_float64_by_hand(mode, student_rate, seed):
         assert out.teacher_weights[name].item() == pytest.approx(w_t, rel=1e-12)
         if w_t > 0:
             assert out.teacher_losses[name].item() == pytest.approx(s_t / w_t, rel=1e-6)
+    # the trainer's call, lengths as Python ints and no checks: the same numbers
+    host_targets = {name: (tokens, token_lengths.tolist()) for name, (tokens, token_lengths) in targets.items()}
+    fast = objective(hidden, lengths.tolist(), output_mask, host_targets, domains, check=False)
+    assert torch.equal(fast.loss, out.loss)
+    for name in out.teacher_sums:
+        assert torch.equal(fast.teacher_sums[name], out.teacher_sums[name])
+        assert torch.equal(fast.teacher_weights[name], out.teacher_weights[name])
     # the production dtype: fp32 heads and hidden give the float64 result to fp32 accuracy
     out32 = objective.float()(hidden.detach().float(), lengths, output_mask, targets, domains)
     assert out32.loss.dtype == torch.float32

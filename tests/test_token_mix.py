@@ -186,6 +186,17 @@ def test_cpu_dispatch_is_the_twin(seed):
     assert torch.equal(a.waves, b.waves) and all(torch.equal(x, y) for x, y in zip(a.targets, b.targets))
 
 
+def test_unchecked_call_matches_the_checked_one(seed):
+    """check=False (the trainer's call, with a plan drawn from the same lengths) skips the checks only."""
+    gen = torch.Generator().manual_seed(seed)
+    waves, lens, targets = make_batch(gen, LENGTHS)
+    plan = draw_token_mix_plan(lens, gen, prob=1.0, check=False)
+    a = token_mix(waves, lens, plan, targets, RATES, seed)
+    b = token_mix(waves, lens, plan, targets, RATES, seed, check=False)
+    assert torch.equal(a.waves, b.waves) and all(torch.equal(x, y) for x, y in zip(a.targets, b.targets))
+    assert torch.equal(a.gain, b.gain) and torch.equal(a.beta, b.beta)
+
+
 @pytest.mark.parametrize("path", ["twin", pytest.param("triton", marks=needs_triton)])
 def test_achieved_snr_and_untouched_outside(seed, path):
     gen = torch.Generator().manual_seed(seed)
@@ -504,7 +515,7 @@ def test_torch_compile_fullgraph(seed):
 def test_opcheck_schema_and_fake():
     gen = torch.Generator().manual_seed(1)
     waves, lens, targets = make_batch(gen, LENGTHS)
-    args = (waves, lens, *make_plan(*PLAN), list(targets), list(RATES), 3, SR, [], False, False)
+    args = (waves, lens, *make_plan(*PLAN), list(targets), list(RATES), 3, SR, [], False, False, True)
     torch.library.opcheck(torch.ops.spear.token_mix.default, args, test_utils=("test_schema", "test_faketensor"))
 
 

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from spear_fast.lengths import Lengths, device_lengths, host_lengths
 from spear_fast.sample_rate import SAMPLE_RATE
 
 FBANK_DIM = 128  # mel bins
@@ -86,15 +87,15 @@ def _constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, 
     return povey_window().to(device=device, dtype=dtype), mel_banks().to(device=device, dtype=dtype)
 
 
-def _mirror(positions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _mirror(first: int, stop: int, lengths: torch.Tensor, shortest: int) -> torch.Tensor:
     """Kaldi's repeated edge reflection of sample positions into [0, length): -1 -> 0, L -> L - 1.
 
-    positions (1, P) int64 ascending, lengths (B, 1) int64 >= 1 -> (B, P) indices. When no position
-    lies more than one length outside [0, L) for any row, one reflection per side is exact and two
-    selects replace the (slow, integer-division) remainder.
+    Positions first, ..., stop - 1 and lengths (B, 1) int64 >= 1, the shortest of them `shortest`
+    -> (B, P) indices. When no position lies more than one length outside [0, L) for any row, one
+    reflection per side is exact and two selects replace the (slow, integer-division) remainder.
     """
-    shortest = int(lengths.min())
-    if -int(positions[0, 0]) <= shortest and int(positions[0, -1]) < 2 * shortest:
+    positions = torch.arange(first, stop, device=lengths.device)[None, :]  # (1, P)
+    if -first <= shortest and stop - 1 < 2 * shortest:
         reflected = torch.where(positions < 0, -1 - positions, positions)  # (1, P)
         return torch.where(reflected >= lengths, 2 * lengths - 1 - reflected, reflected)  # (B, P)
     period = 2 * lengths
@@ -116,10 +117,11 @@ def _log_mel(frames: torch.Tensor, window: torch.Tensor, banks: torch.Tensor) ->
     return energies.clamp_min(ENERGY_FLOOR).log()
 
 
-def fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def fbank(waves: torch.Tensor, lengths: Lengths | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-mel fbank of 16 kHz waves in [-1, 1].
 
-    waves (B, L) with lengths (B,) valid samples per row (default: all L), or one wave (L,).
+    waves (B, L) with lengths (B,) valid samples per row (default: all L), or one wave (L,). The
+    lengths may be Python ints: then nothing is read back from the device (spear_fast.lengths).
     Returns (feats (B, T, 128), frame_lengths (B,) int64) with T = max frame length and padding
     frames = PAD_VALUE; for a 1-D wave, (feats (T, 128), frame_length 0-d int64). Every row equals
     the computation on that row alone. float64 input is computed in float64, anything else in float32.
@@ -138,46 +140,45 @@ def fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[tor
     batch, max_len = waves.shape
     device = waves.device
     if lengths is None:
-        lengths = torch.full((batch,), max_len, dtype=torch.int64, device=device)
-    else:
+        lengths = [max_len] * batch
+    elif isinstance(lengths, torch.Tensor):
         if lengths.shape != (batch,):
             raise ValueError(f"fbank: lengths must have shape ({batch},), got {tuple(lengths.shape)}")
         if lengths.is_floating_point() or lengths.is_complex():
             raise ValueError(f"fbank: lengths must be integers, got dtype {lengths.dtype}")
-        lengths = lengths.to(device=device, dtype=torch.int64)
-        if batch and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
-            raise ValueError(
-                f"fbank: lengths must lie in [0, {max_len}] (the wave length), got min {int(lengths.min())} "
-                f"max {int(lengths.max())}"
-            )
+    host = host_lengths(lengths)
+    if len(host) != batch:
+        raise ValueError(f"fbank: lengths must have {batch} entries, got {len(host)}")
+    if batch and (min(host) < 0 or max(host) > max_len):
+        raise ValueError(f"fbank: lengths must lie in [0, {max_len}] (the wave length), got min {min(host)} "
+                         f"max {max(host)}")
+    lengths = device_lengths(lengths, device)  # (B,)
     dtype = torch.float64 if waves.dtype == torch.float64 else torch.float32
     x = waves.to(dtype)  # (B, L)
     frame_lengths = num_frames(lengths)  # (B,)
-    total = int(frame_lengths.max()) if batch else 0
+    row_frames = [num_frames(n) for n in host]
+    total = max(row_frames, default=0)
     feats = torch.full((batch, total, FBANK_DIM), PAD_VALUE, dtype=dtype, device=device)
     if total > 0:
         window, banks = _constants(device, dtype)
         safe_lengths = lengths.clamp_min(1)[:, None]  # (B, 1); rows of < 80 samples have no frames
-        row_frames = frame_lengths.tolist()
         per_step = _FRAMES_PER_STEP_CUDA if device.type == "cuda" else _FRAMES_PER_STEP
         step = max(1, per_step // batch)
         for t0 in range(0, total, step):
             t1 = min(total, t0 + step)
             # Only rows with frames in [t0, t1): rows that already ended cost nothing.
             active = [b for b in range(batch) if row_frames[b] > t0]
-            rows = None if len(active) == batch else torch.tensor(active, device=device)
+            rows = None if len(active) == batch else torch.tensor(active).to(device, non_blocking=True)
             sub_lengths = safe_lengths if rows is None else safe_lengths[rows]  # (B', 1)
             sub_frames = frame_lengths if rows is None else frame_lengths[rows]  # (B',)
-            # Sample positions covered by frames [t0, t1), then mirrored into each row's own length.
-            positions = torch.arange(
-                t0 * FRAME_SHIFT - _LEFT_CONTEXT,
-                (t1 - 1) * FRAME_SHIFT - _LEFT_CONTEXT + FRAME_LENGTH,
-                device=device,
-            )  # (P,)
+            shortest = max(1, min(host[b] for b in active))
+            # Sample positions covered by frames [t0, t1), mirrored into each row's own length.
+            first = t0 * FRAME_SHIFT - _LEFT_CONTEXT
+            stop = (t1 - 1) * FRAME_SHIFT - _LEFT_CONTEXT + FRAME_LENGTH
             if rows is None:
-                samples = torch.gather(x, 1, _mirror(positions[None, :], sub_lengths))  # (B, P)
+                samples = torch.gather(x, 1, _mirror(first, stop, sub_lengths, shortest))  # (B, P)
             else:  # flat indices: no copy of the whole rows
-                flat = rows[:, None] * max_len + _mirror(positions[None, :], sub_lengths)  # (B', P)
+                flat = rows[:, None] * max_len + _mirror(first, stop, sub_lengths, shortest)  # (B', P)
                 samples = x.reshape(-1)[flat]  # (B', P)
             frames = samples.unfold(1, FRAME_LENGTH, FRAME_SHIFT)  # (B', t1 - t0, 400)
             valid = torch.arange(t0, t1, device=device)[None, :] < sub_frames[:, None]  # (B', t1 - t0)

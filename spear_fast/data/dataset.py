@@ -11,6 +11,8 @@ the key, so crops change per epoch even inside persistent DataLoader workers, wh
 dataset never see a set_epoch call. DurationBucketSampler(..., keyed_by_epoch=True) yields such keys.
 
 `collate` pads waves with zeros and tokens with IGNORE_INDEX (-100), giving a `Collated(batch, skipped)`.
+The Batch keeps the lengths twice: as tensors, which go to the device, and as Python ints on the
+host, from which the training step decides everything that needs a value (spear_fast.lengths).
 """
 from __future__ import annotations
 
@@ -52,25 +54,29 @@ class BadItem(NamedTuple):
 @dataclass
 class Batch:
     ids: list[str]
+    domains: list[str]  # "speech" | "audio" per clip
     waves: torch.Tensor  # (B, L) float32, zero-padded
     lengths: torch.Tensor  # (B,) int64 samples
-    is_audio: torch.Tensor  # (B,) bool, True for audio-domain clips
+    num_samples: list[int]  # `lengths` on the host
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, T, N) int64, IGNORE_INDEX-padded
     token_lengths: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B,) int64, 0 = no tokens
+    num_token_frames: dict[str, list[int]] = field(default_factory=dict)  # `token_lengths` on the host
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
             ids=self.ids,
+            domains=self.domains,
             waves=self.waves.to(device, non_blocking=True),
             lengths=self.lengths.to(device, non_blocking=True),
-            is_audio=self.is_audio.to(device, non_blocking=True),
+            num_samples=self.num_samples,
             tokens={name: t.to(device, non_blocking=True) for name, t in self.tokens.items()},
             token_lengths={name: t.to(device, non_blocking=True) for name, t in self.token_lengths.items()},
+            num_token_frames=self.num_token_frames,
         )
 
     @property
     def seconds(self) -> float:
-        return float(self.lengths.sum()) / SAMPLE_RATE
+        return sum(self.num_samples) / SAMPLE_RATE
 
 
 class SpearDataset(torch.utils.data.Dataset):
@@ -158,15 +164,16 @@ def collate(
             kept.append(item)
     if not kept:
         return Collated(None, skipped)
-    lengths = torch.tensor([example.wave.numel() for example in kept], dtype=torch.int64)  # (B,)
-    waves = torch.zeros(len(kept), int(lengths.max()), dtype=torch.float32)  # (B, L)
+    num_samples = [example.wave.numel() for example in kept]
+    waves = torch.zeros(len(kept), max(num_samples), dtype=torch.float32)  # (B, L)
     for row, example in enumerate(kept):
         waves[row, : example.wave.numel()] = example.wave
     batch = Batch(
         ids=[example.id for example in kept],
+        domains=[example.domain for example in kept],
         waves=waves,
-        lengths=lengths,
-        is_audio=torch.tensor([example.domain == "audio" for example in kept], dtype=torch.bool),
+        lengths=torch.tensor(num_samples, dtype=torch.int64),  # (B,)
+        num_samples=num_samples,
     )
     for name, num_codebooks in codebooks.items():
         arrays = [example.tokens.get(name) for example in kept]
@@ -175,11 +182,12 @@ def collate(
                 raise ValueError(
                     f"collate: clip {example.id!r} has {array.shape[1]} codebooks of teacher {name!r}, expected {num_codebooks}"
                 )
-        token_lengths = torch.tensor([0 if a is None else a.shape[0] for a in arrays], dtype=torch.int64)  # (B,)
-        targets = torch.full((len(kept), max(int(token_lengths.max()), 1), num_codebooks), IGNORE_INDEX, dtype=torch.int64)
+        frames = [0 if a is None else a.shape[0] for a in arrays]
+        targets = torch.full((len(kept), max(max(frames), 1), num_codebooks), IGNORE_INDEX, dtype=torch.int64)
         for row, array in enumerate(arrays):
             if array is not None and array.shape[0]:
                 targets[row, : array.shape[0]] = torch.from_numpy(array.astype(np.int64))  # copy: memmaps are read-only
         batch.tokens[name] = targets  # (B, T, N)
-        batch.token_lengths[name] = token_lengths
+        batch.token_lengths[name] = torch.tensor(frames, dtype=torch.int64)  # (B,)
+        batch.num_token_frames[name] = frames
     return Collated(batch, skipped)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 from spear_fast.errors import UserError
+from spear_fast.lengths import frame_indices, host_lengths
 
 BACKENDS = ("auto", "flash", "xformers", "sdpa")
 
@@ -88,21 +90,25 @@ class SequenceLayout:
     cu_seqlens: torch.Tensor  # (B + 1,) int32 cumulative lengths (packed backends)
     max_seqlen: int  # longest utterance
     packed_positions: torch.Tensor  # (N,) int64 position of each valid token inside its utterance
+    seqlens: list[int]  # the lengths on the host (packed backends; empty for sdpa)
 
     @classmethod
-    def from_lengths(cls, lengths: torch.Tensor, num_frames: int, packed: bool = True) -> SequenceLayout:
-        """packed=False skips the packed-only fields (they need a device sync): sdpa does not use them."""
+    def from_lengths(cls, lengths: torch.Tensor, num_frames: int, packed: bool = True,
+                     host: Sequence[int] | None = None) -> SequenceLayout:
+        """packed=False skips the packed-only fields: sdpa does not use them. They are built from the
+        lengths on the host: `host` (Python ints), else read from `lengths` (a device sync)."""
         positions = torch.arange(num_frames, device=lengths.device)  # (T,)
         valid = positions[None, :] < lengths[:, None]  # (B, T)
         if not packed:
             empty = lengths.new_zeros(0)
             return cls(lengths=lengths, num_frames=num_frames, valid=valid, indices=empty,
-                       cu_seqlens=empty.to(torch.int32), max_seqlen=num_frames, packed_positions=empty)
-        indices = valid.reshape(-1).nonzero().squeeze(1)  # (N,)
+                       cu_seqlens=empty.to(torch.int32), max_seqlen=num_frames, packed_positions=empty, seqlens=[])
+        seqlens = host_lengths(lengths if host is None else host)
+        indices = frame_indices(seqlens, num_frames, lengths.device)  # (N,)
         cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)  # (B + 1,)
         return cls(lengths=lengths, num_frames=num_frames, valid=valid, indices=indices,
-                   cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()),
-                   packed_positions=indices % num_frames)
+                   cu_seqlens=cu_seqlens, max_seqlen=max(seqlens, default=0),
+                   packed_positions=indices % num_frames, seqlens=seqlens)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...) valid tokens."""
@@ -140,7 +146,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Sequenc
     if backend == "xformers":
         from xformers.ops import fmha
 
-        bias = fmha.BlockDiagonalMask.from_seqlens(layout.lengths.tolist())
+        bias = fmha.BlockDiagonalMask.from_seqlens(layout.seqlens)
         out = fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias, p=dropout_p)
         return out[0]  # (N, H, hd)
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {list(BACKENDS[1:])}")

@@ -28,6 +28,7 @@ from spear_fast.model.attention import (
     is_packed,
     resolve_backend,
 )
+from spear_fast.lengths import Lengths, device_lengths, host_lengths
 from spear_fast.model.config import FBANK_DIM, EncoderConfig, StudentConfig
 from spear_fast.model.subsampling import Conv2dSubsampling, subsampled_lengths
 
@@ -136,37 +137,33 @@ class SpearStudent(nn.Module):
     def dim(self) -> int:
         return self.config.encoder.dim
 
-    def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
-        return subsampled_lengths(feat_lengths, self.config.subsampling.time_stride)
+    def output_lengths(self, feat_lengths: Lengths) -> Lengths:
+        """Output frames per clip, as the input came: a tensor, or Python ints."""
+        stride = self.config.subsampling.time_stride
+        if isinstance(feat_lengths, torch.Tensor):
+            return subsampled_lengths(feat_lengths, stride)
+        return [subsampled_lengths(n, stride) for n in feat_lengths]
 
-    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, time_mask: torch.Tensor | None = None,
-                return_layers: bool = True) -> StudentOutput:
+    def forward(self, feats: torch.Tensor, feat_lengths: Lengths, time_mask: torch.Tensor | None = None,
+                return_layers: bool = True, check: bool = True) -> StudentOutput:
         """feats (B, T, 128) fbank, feat_lengths (B,) int in [1, T], time_mask (B, T) bool or None:
         True frames are replaced by the learned mask vector (padding must not be masked).
         return_layers=False leaves `layers` empty (training needs only `hidden`; saves num_layers
-        (B, T', d) copies)."""
-        if feats.dim() != 3 or feats.shape[-1] != FBANK_DIM or not feats.is_floating_point():
-            raise ValueError(f"feats must be a float (B, T, {FBANK_DIM}) tensor, got {tuple(feats.shape)} "
-                             f"{feats.dtype}")
-        batch, num_frames, _ = feats.shape
-        if feat_lengths.shape != (batch,) or feat_lengths.is_floating_point():
-            raise ValueError(f"feat_lengths must be an integer ({batch},) tensor, got {tuple(feat_lengths.shape)} "
-                             f"{feat_lengths.dtype}")
-        feat_lengths = feat_lengths.to(device=feats.device, dtype=torch.int64)
-        if batch == 0 or int(feat_lengths.min()) < 1 or int(feat_lengths.max()) > num_frames:
-            raise ValueError(f"feat_lengths must lie in [1, {num_frames}] (T of feats {tuple(feats.shape)}), "
-                             f"got {feat_lengths.tolist()}")
+        (B, T', d) copies). feat_lengths may be Python ints: the packed backends' layout is then
+        built without reading the device. check=False skips the input checks (a batch built to shape)."""
+        backend = resolve_backend(self.config.encoder.attention, feats.device)
+        packed = is_packed(backend)
+        if check:
+            self._check(feats, feat_lengths, time_mask)
+        # output lengths on the host, for the packed layout
+        host = self.output_lengths(host_lengths(feat_lengths)) if packed else None
+        feat_lengths = device_lengths(feat_lengths, feats.device)
         if time_mask is not None:
-            if time_mask.shape != (batch, num_frames) or time_mask.dtype != torch.bool:
-                raise ValueError(f"time_mask must be a bool ({batch}, {num_frames}) tensor, got "
-                                 f"{tuple(time_mask.shape)} {time_mask.dtype}")
             time_mask = time_mask.to(feats.device)
             feats = torch.where(time_mask[..., None], self.mask_embedding.to(feats.dtype), feats)  # (B, T, 128)
 
         x, lengths = self.subsampling(feats, feat_lengths)  # (B, T', d), (B,)
-        backend = resolve_backend(self.config.encoder.attention, x.device)
-        packed = is_packed(backend)
-        layout = SequenceLayout.from_lengths(lengths, x.shape[1], packed=packed)
+        layout = SequenceLayout.from_lengths(lengths, x.shape[1], packed=packed, host=host)
         if packed:
             x = layout.pack(x)  # (N, d)
             positions = layout.packed_positions  # (N,)
@@ -188,3 +185,23 @@ class SpearStudent(nn.Module):
                 layers.append(layout.unpack(out) if packed else out.masked_fill(~valid, 0.0))
         return StudentOutput(hidden=layers[-1], lengths=lengths, layers=tuple(layers) if return_layers else (),
                              embedding=embedding)
+
+    @staticmethod
+    def _check(feats: torch.Tensor, feat_lengths: Lengths, time_mask: torch.Tensor | None) -> None:
+        if feats.dim() != 3 or feats.shape[-1] != FBANK_DIM or not feats.is_floating_point():
+            raise ValueError(f"feats must be a float (B, T, {FBANK_DIM}) tensor, got {tuple(feats.shape)} "
+                             f"{feats.dtype}")
+        batch, num_frames, _ = feats.shape
+        if isinstance(feat_lengths, torch.Tensor) and (feat_lengths.shape != (batch,)
+                                                       or feat_lengths.is_floating_point()):
+            raise ValueError(f"feat_lengths must be an integer ({batch},) tensor, got {tuple(feat_lengths.shape)} "
+                             f"{feat_lengths.dtype}")
+        host = host_lengths(feat_lengths)
+        if len(host) != batch:
+            raise ValueError(f"feat_lengths must have {batch} values, got {len(host)}")
+        if batch == 0 or min(host) < 1 or max(host) > num_frames:
+            raise ValueError(f"feat_lengths must lie in [1, {num_frames}] (T of feats {tuple(feats.shape)}), "
+                             f"got {host}")
+        if time_mask is not None and (time_mask.shape != (batch, num_frames) or time_mask.dtype != torch.bool):
+            raise ValueError(f"time_mask must be a bool ({batch}, {num_frames}) tensor, got "
+                             f"{tuple(time_mask.shape)} {time_mask.dtype}")

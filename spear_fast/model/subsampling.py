@@ -21,8 +21,9 @@ from torch.nn import functional as F
 from spear_fast.model.config import FBANK_DIM, SubsamplingConfig
 
 
-def subsampled_lengths(lengths: torch.Tensor, time_stride: int) -> torch.Tensor:
-    """Output frames for input frame counts `lengths` (any int tensor): ceil(L/2) per stride-2 stage."""
+def subsampled_lengths(lengths: torch.Tensor | int, time_stride: int) -> torch.Tensor | int:
+    """Output frames for input frame counts `lengths` (an int, or any int tensor): ceil(L/2) per stride-2
+    stage."""
     if time_stride not in (2, 4):
         raise ValueError(f"time_stride must be 2 or 4, got {time_stride}")
     out = (lengths + 1) // 2

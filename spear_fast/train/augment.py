@@ -7,7 +7,10 @@ Noise mixing (targets unchanged): ~mixing.noise_prob of the clips get noise adde
 samples at an SNR in [noise_snr_min_db, noise_snr_max_db]: white Gaussian noise, or ("batch") another
 clip of the batch through the same kernel with no targets to swap.
 Both draw everything from the given CPU generator and seed, so a step's augmentation is reproducible
-(resume gives the same batches). Never used in evaluation: the trainer calls this only for training.
+(resume gives the same batches). The plans are drawn on the host from the lengths, so with lengths
+as Python ints nothing is read back from the device (spear_fast.lengths); token mixing then always
+runs the kernel, which leaves unmixed rows as they are. Never used in evaluation: the trainer calls
+this only for training.
 """
 from __future__ import annotations
 
@@ -17,14 +20,20 @@ from typing import NamedTuple
 import torch
 
 from kernels.token_mix import TokenMixPlan, draw_token_mix_plan, token_mix
+from spear_fast.lengths import Lengths, device_lengths, host_lengths
 from spear_fast.train.config import MixingConfig
 
 
 class AugmentResult(NamedTuple):
     waves: torch.Tensor  # (B, L)
     targets: dict[str, torch.Tensor]  # teacher -> (B, T, N) int64, tokens swapped where mixed
-    token_mixed: int  # rows that got a partner mixed in
+    partner: torch.Tensor | None  # (B,) int64 on the CPU, the token-mixing partner of each row (-1: none)
     noised: int  # rows that got noise
+
+    @property
+    def token_mixed(self) -> int:
+        """Rows that got a partner mixed in."""
+        return 0 if self.partner is None else int((self.partner >= 0).sum())
 
 
 def _noise_gaussian(waves: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, snr_db: torch.Tensor,
@@ -39,25 +48,27 @@ def _noise_gaussian(waves: torch.Tensor, lengths: torch.Tensor, rows: torch.Tens
     return (waves.float() + noise * scale[:, None] * valid).to(waves.dtype)
 
 
-def augment_batch(waves: torch.Tensor, lengths: torch.Tensor, targets: Mapping[str, torch.Tensor],
+def augment_batch(waves: torch.Tensor, lengths: Lengths, targets: Mapping[str, torch.Tensor],
                   frame_rates: Mapping[str, float], config: MixingConfig, generator: torch.Generator,
                   seed: int) -> AugmentResult:
-    """waves (B, L) float, lengths (B,) samples, targets: teacher -> (B, T, N) int (-100 = ignore),
-    frame_rates: teacher -> Hz. Returns the augmented batch (inputs are not modified)."""
+    """waves (B, L) float, lengths (B,) samples (valid: collation's), targets: teacher -> (B, T, N) int
+    (-100 = ignore), frame_rates: teacher -> Hz. Returns the augmented batch (inputs are not modified)."""
     names = list(targets)
     out_targets = dict(targets)
-    token_mixed = noised = 0
+    host = torch.tensor(host_lengths(lengths), dtype=torch.int64)  # (B,) on the CPU, where plans are drawn
+    lengths = device_lengths(lengths, waves.device)
+    mix_partner = None
+    noised = 0
     if config.token_mix_prob > 0 and waves.shape[0] >= 2:
-        plan = draw_token_mix_plan(lengths, generator, prob=config.token_mix_prob,
+        plan = draw_token_mix_plan(host, generator, prob=config.token_mix_prob,
                                    snr_range=(config.snr_min_db, config.snr_max_db),
                                    overlap_range=(config.overlap_min, config.overlap_max),
-                                   full_overlap_prob=config.full_overlap_prob)
-        token_mixed = int((plan.partner >= 0).sum())
-        if token_mixed:
-            result = token_mix(waves, lengths, plan, tuple(targets[n] for n in names),
-                               tuple(float(frame_rates[n]) for n in names), seed)
-            waves = result.waves
-            out_targets = dict(zip(names, result.targets))
+                                   full_overlap_prob=config.full_overlap_prob, check=False)
+        result = token_mix(waves, lengths, plan, tuple(targets[n] for n in names),
+                           tuple(float(frame_rates[n]) for n in names), seed, check=False)
+        waves = result.waves
+        out_targets = dict(zip(names, result.targets))
+        mix_partner = plan.partner
     if config.noise_prob > 0:
         batch = waves.shape[0]
         chosen = torch.rand(batch, generator=generator) < config.noise_prob  # (B,)
@@ -71,15 +82,12 @@ def augment_batch(waves: torch.Tensor, lengths: torch.Tensor, targets: Mapping[s
             # another clip of the batch over the whole primary (clipped to the partner's length)
             partner = (torch.rand(batch, generator=generator) * (batch - 1)).long().clamp(max=batch - 2)  # (B,)
             partner = partner + (partner >= torch.arange(batch)).long()  # skip the row itself
-            host_lengths = lengths.cpu()
-            overlap = torch.minimum(host_lengths, host_lengths[partner])  # (B,)
+            overlap = torch.minimum(host, host[partner])  # (B,)
             chosen &= overlap > 0
             noised = int(chosen.sum())
             if noised:
-                device = lengths.device
-                plan = TokenMixPlan(partner=torch.where(chosen, partner, -1).to(device),
-                                    offset=torch.zeros(batch, dtype=torch.int64, device=device),
-                                    length=torch.where(chosen, overlap, 0).to(device),
-                                    snr_db=snr.float().to(device))
-                waves = token_mix(waves, lengths, plan, (), (), seed + 1).waves
-    return AugmentResult(waves=waves, targets=out_targets, token_mixed=token_mixed, noised=noised)
+                plan = TokenMixPlan(partner=torch.where(chosen, partner, -1),
+                                    offset=torch.zeros(batch, dtype=torch.int64),
+                                    length=torch.where(chosen, overlap, 0), snr_db=snr.float())  # on the host
+                waves = token_mix(waves, lengths, plan, (), (), seed + 1, check=False).waves
+    return AugmentResult(waves=waves, targets=out_targets, partner=mix_partner, noised=noised)

@@ -149,7 +149,8 @@ class RuntimeConfig:
 
 @dataclass
 class LoggingConfig:
-    log_every: int = _field(10, "steps between stdout lines (log.jsonl gets every step)", ge=1)
+    log_every: int = _field(10, "steps between stdout lines, when the loop reads the steps' numbers from the "
+                                "device (log.jsonl gets every step)", ge=1)
     progress: bool = _field(True, "tqdm progress bar (rank 0)")
     tensorboard: bool = _field(True, "write TensorBoard events when torch.utils.tensorboard is importable")
     plot: bool = _field(True, "loss-curve PNG at the end (needs matplotlib)")

@@ -13,6 +13,12 @@ Reproducibility: every random draw of a micro-batch (mixing, masking, dropout) c
 (runtime.seed, step, global micro-batch index = rank * accum_steps + i), the data order from the
 sampler's (seed, epoch) and its resume position, so a resumed run repeats the uninterrupted run's
 losses exactly (tests/test_train_resume.py).
+Host and device: a step reads no tensor value on the host, so a GPU never waits for the CPU to look
+at a result. What the step decides (which frames each head sees, whether a batch has tokens at all)
+comes from the batch's host copies of its lengths; a non-finite gradient skips AdamW's update on the
+device (ScaledAdam drops such a gradient itself). The step's numbers stay on the device until a log
+line is due (every logging.log_every steps, at checkpoints and at the end): then one transfer brings
+them all back and log.jsonl gets a record per step, step_time being the mean over those steps.
 Stopping: SIGTERM/SIGINT set a flag; the loop finishes the current step, saves a checkpoint and
 returns (all ranks agree through an all_reduce of the flag); train.py then exits with 128 + the
 signal's number, so a scheduler tells a pre-empted run from a finished one. DataLoader workers ignore
@@ -36,11 +42,12 @@ import torch.distributed as dist
 from torch import nn
 
 from spear_fast.atomic import atomic_write_json
-from spear_fast.audio import fbank
+from spear_fast.audio import fbank, num_frames
 from spear_fast.data.dataset import Batch
 from spear_fast.data.manifest import ManifestEntry
 from spear_fast.data.token_store import TokenStore
 from spear_fast.errors import UserError
+from spear_fast.lengths import Lengths
 from spear_fast.masking import compute_masks
 from spear_fast.model.config import config_to_dict, param_count
 from spear_fast.model.student import SpearStudent
@@ -49,6 +56,7 @@ from spear_fast.objective import (
     ObjectiveOutput,
     SpearObjective,
     frame_weights,
+    teacher_applies,
 )
 from spear_fast import checkpoint as ckpt
 from spear_fast.train.augment import augment_batch
@@ -68,32 +76,52 @@ class TrainModule(nn.Module):
         self.student = student
         self.objective = objective
 
-    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, time_mask: torch.Tensor,
-                output_mask: torch.Tensor, targets: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                domains: list[str]) -> ObjectiveOutput:
-        out = self.student(feats, feat_lengths, time_mask=time_mask, return_layers=False)
+    def forward(self, feats: torch.Tensor, feat_lengths: Lengths, time_mask: torch.Tensor,
+                output_mask: torch.Tensor, targets: dict[str, tuple[torch.Tensor, Lengths]],
+                domains: list[str], check: bool = True) -> ObjectiveOutput:
+        """Lengths as tensors or Python ints (spear_fast.lengths); check=False for batches built to shape."""
+        out = self.student(feats, feat_lengths, time_mask=time_mask, return_layers=False, check=check)
         hidden = out.hidden  # (B, T', d)
         device_type = hidden.device.type
         if device_type == "cuda" and torch.is_autocast_enabled(device_type):
             # the fused CE reads bf16/fp16 hidden and accumulates in fp32 (half the memory traffic)
             hidden = hidden.to(torch.get_autocast_dtype(device_type))
-        return self.objective(hidden, out.lengths, output_mask, targets, domains)
+        return self.objective(hidden, self.student.output_lengths(feat_lengths), output_mask, targets, domains,
+                              check=check)
 
 
 class Prepared(NamedTuple):
-    """One micro-batch on the device, ready for the forward."""
+    """One micro-batch on the device, ready for the forward, with its lengths on the host."""
 
     feats: torch.Tensor  # (B, T, 128) masked fbank (channel spans zeroed)
-    feat_lengths: torch.Tensor  # (B,)
+    feat_lengths: list[int]  # (B) fbank frames per clip
     time_mask: torch.Tensor  # (B, T) bool
     output_mask: torch.Tensor  # (B, T') bool
-    targets: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    targets: dict[str, tuple[torch.Tensor, list[int]]]  # teacher -> (tokens (B, T_t, N), token frames per clip)
     domains: list[str]
     weight_total: torch.Tensor  # () fp32 frame-weight total of the micro-batch
-    masked_frames: float
-    output_frames: float
+    masked_frames: torch.Tensor  # () masked student output frames
+    output_frames: int  # valid student output frames
     seconds: float
     seed: int
+    has_tokens: bool  # some clip has tokens of a teacher that applies to it
+
+
+class StepStats(NamedTuple):
+    """One optimizer step's numbers, each left where it was computed until a log line is due."""
+
+    step: int
+    epoch: int
+    lr: float
+    sums: torch.Tensor  # (2 T + 2,) float64: loss_sum, S_t and W_t per teacher, masked output frames (this rank)
+    weight: torch.Tensor  # () the step's frame-weight total (all ranks)
+    grad_norm: torch.Tensor  # () before clipping; 0 when the step had no tokens
+    skipped: torch.Tensor  # () bool, the update was skipped (no tokens, or a non-finite gradient)
+    no_tokens: bool
+    seconds: float  # audio of this rank
+    output_frames: int  # valid student output frames of this rank
+    flops: float  # of this rank
+    time: float  # host seconds in train_step (the wait for the device comes when the step is logged)
 
 
 @dataclass
@@ -168,6 +196,8 @@ class Trainer:
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.is_main = self.rank == 0
+        # ranks agree on host decisions (stop, no tokens) over a CPU group: no device sync
+        self.host_group = dist.new_group(backend="gloo") if self.world_size > 1 else None
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = resolve_device(config, local_rank)
         if self.device.type == "cuda":
@@ -238,8 +268,9 @@ class Trainer:
         for name, param in self.module.named_parameters():
             (decay if param.dim() >= 2 else no_decay).append(param)  # matrices decay; biases, norms, mask vector not
         groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
-                                 fused=self.device.type == "cuda")
+        # fused on every device: it skips an update on the device (found_inf), which the loop uses for
+        # non-finite gradients
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=True)
 
     def _state(self) -> dict[str, Any]:
         sampler_states = [[self.epoch, self.batches_done]]
@@ -319,22 +350,32 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
 
     def prepare(self, batch: Batch, seed: int, train: bool = True) -> Prepared:
+        """The micro-batch on the device: mixed, fbank, masks. Everything decided on the host comes from
+        the batch's host copies of its lengths (Batch.num_samples, num_token_frames)."""
+        samples = batch.num_samples
         batch = batch.to(self.device)
         generator = torch.Generator().manual_seed(seed)
-        waves, lengths = batch.waves, batch.lengths
+        waves = batch.waves
         tokens = dict(batch.tokens)
         if train:
-            mixed = augment_batch(waves, lengths, tokens, self.frame_rates, self.config.mixing, generator, seed)
+            mixed = augment_batch(waves, samples, tokens, self.frame_rates, self.config.mixing, generator, seed)
             waves, tokens = mixed.waves, mixed.targets
-        feats, feat_lengths = fbank(waves, lengths)  # (B, T, 128), (B,)
+        feats, _ = fbank(waves, samples)  # (B, T, 128)
+        feat_lengths = [num_frames(n) for n in samples]
         masking = dataclasses.replace(self.config.masking, enabled=self.config.masking.enabled and train)
         masks = compute_masks(feats, feat_lengths, masking, generator, self.config.model.subsampling.time_stride)
         weights = frame_weights(masks.output_mask, masks.output_lengths, self.config.loss.alpha)  # (B, T')
-        domains = ["audio" if a else "speech" for a in batch.is_audio.tolist()]
-        targets = {name: (tokens[name], batch.token_lengths[name]) for name in tokens}
-        out_frames = float(masks.output_lengths.sum())
-        return Prepared(masks.feats, feat_lengths, masks.time_mask, masks.output_mask, targets, domains,
-                        weights.sum(), masks.output_fraction * out_frames, out_frames, batch.seconds, seed)
+        targets = {name: (tokens[name], batch.num_token_frames[name]) for name in tokens}
+        return Prepared(masks.feats, feat_lengths, masks.time_mask, masks.output_mask, targets, batch.domains,
+                        weights.sum(), masks.output_mask.sum(), masks.valid_output_frames, batch.seconds, seed,
+                        self._has_tokens(batch))
+
+    def _has_tokens(self, batch: Batch) -> bool:
+        """Whether some clip of the batch has tokens of a teacher that applies to it."""
+        mode = self.config.loss.mode
+        return any(frames > 0 and teacher_applies(spec.domain, domain, mode)
+                   for spec in self.specs
+                   for frames, domain in zip(batch.num_token_frames[spec.name], batch.domains))
 
     # ------------------------------------------------------------------ the step
     def _autocast(self):
@@ -342,12 +383,22 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _all_reduce(self, tensor: torch.Tensor, op=None) -> torch.Tensor:
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
-            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+            dist.all_reduce(tensor)
         return tensor
 
-    def train_step(self, micro_batches: list[Batch]) -> dict[str, Any]:
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on some rank (a CPU all_reduce: no device sync)."""
+        if self.host_group is None:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.host_group)
+        return value.item() > 0
+
+    def train_step(self, micro_batches: list[Batch]) -> StepStats:
+        """One optimizer step. It reads no tensor value on the host: its numbers come back as a
+        StepStats, for `log_records`."""
         accum = self.config.optim.accum_steps
         start = time.perf_counter()
         self.model.train()
@@ -356,86 +407,109 @@ class Trainer:
         local_weight = torch.stack([p.weight_total for p in prepared]).sum().to(self.device, torch.float32)
         global_weight = self._all_reduce(local_weight.clone()).clamp(min=torch.finfo(torch.float32).tiny)
         names = [spec.name for spec in self.specs]
-        # [loss_sum, per-teacher sums, per-teacher weights, seconds, masked frames, output frames, flops]
-        stats = torch.zeros(1 + 2 * len(names) + 4, dtype=torch.float64)
+        sums = None  # [loss_sum, per-teacher sums, per-teacher weights, masked frames], float64
         for i, p in enumerate(prepared):
             last = i == len(prepared) - 1
             sync = contextlib.nullcontext() if (last or self.world_size == 1) else self.model.no_sync()
             torch.manual_seed(p.seed)  # dropout
             with sync:
                 with self._autocast():
-                    out = self.model(p.feats, p.feat_lengths, p.time_mask, p.output_mask, p.targets, p.domains)
+                    out = self.model(p.feats, p.feat_lengths, p.time_mask, p.output_mask, p.targets, p.domains,
+                                     check=False)
                 loss = out.loss_sum / global_weight * self.world_size  # DDP averages: x world -> global sum
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             values = torch.stack([out.loss_sum.detach().double()]
                                  + [out.teacher_sums[n].double() for n in names]
-                                 + [out.teacher_weights[n].double() for n in names]).cpu()  # one transfer
-            stats[: len(values)] += values
-            stats[-4] += p.seconds
-            stats[-3] += p.masked_frames
-            stats[-2] += p.output_frames
-            stats[-1] += step_flops(self.config.model, p.feat_lengths.cpu(), self.head_outputs)
+                                 + [out.teacher_weights[n].double() for n in names]
+                                 + [p.masked_frames.double()])
+            sums = values if sums is None else sums + values
 
         lr = self.config.optim.lr * lr_factor(self.config.schedule, self.step, self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # Frames with a target, all teachers, all ranks: 0 when every clip of the step lacks its tokens
-        # (data.allow_missing_tokens). Its loss is a constant 0, so an update would only apply weight decay
-        # and stale momentum: the step is skipped and counted. (stats is on the host already.)
-        covered = stats[1 + len(names): 1 + 2 * len(names)].sum().reshape(1)  # (1,) float64, host
-        if self.world_size > 1:
-            covered = self._all_reduce(covered.to(self.device)).cpu()
-        no_tokens = float(covered) == 0.0
-        skipped_update = False
+        # No clip of the step (all ranks) has tokens of a teacher that applies to it: every clip lacks its
+        # tokens (data.allow_missing_tokens). Its loss is a constant 0, so an update would only apply
+        # weight decay and stale momentum: the step is skipped and counted.
+        no_tokens = not self._any_rank(any(p.has_tokens for p in prepared))
         if no_tokens:
-            grad_norm = 0.0
-            skipped_update = True
+            grad_norm = global_weight.new_zeros(())
+            skipped = torch.ones((), dtype=torch.bool, device=self.device)
             self.no_token_steps += 1
         else:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            grad_norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_limit))
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
-                self.scaler.update()
-            elif math.isfinite(grad_norm):
-                self.optimizer.step()
-            else:
-                skipped_update = True
+            grad_norm, skipped = self._optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None and not skipped_update:
-            self._update_ema()
+        if self.ema is not None and not no_tokens:
+            self._update_ema(skipped)
         self.step += 1
+        return StepStats(
+            step=self.step, epoch=self.epoch, lr=lr, sums=sums, weight=global_weight, grad_norm=grad_norm,
+            skipped=skipped, no_tokens=no_tokens, seconds=sum(p.seconds for p in prepared),
+            output_frames=sum(p.output_frames for p in prepared),
+            flops=sum(step_flops(self.config.model, p.feat_lengths, self.head_outputs) for p in prepared),
+            time=time.perf_counter() - start)
 
-        stats = self._all_reduce(stats.to(self.device)).cpu()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        total_weight = float(global_weight)
-        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "loss": float(stats[0]) / total_weight}
-        for j, name in enumerate(names):
-            covered = float(stats[1 + len(names) + j])
-            record[f"loss_{name}"] = float(stats[1 + j]) / covered if covered > 0 else None
-        seconds = float(stats[-4])
-        record.update({
-            "lr": lr, "grad_norm": grad_norm, "audio_seconds": seconds, "step_time": elapsed,
-            "audio_per_second": seconds / elapsed, "masked_fraction": float(stats[-3]) / max(float(stats[-2]), 1.0),
-            "frame_weight": total_weight,
-        })
-        if self.peak is not None:
-            record["mfu"] = float(stats[-1]) / elapsed / (self.peak * self.world_size)
-        if skipped_update:
-            record["skipped_update"] = True
-        if no_tokens:
-            record["no_tokens"] = True
-        return record
+    def _optimizer_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip and step. Returns the gradient norm and whether AdamW's update was skipped for a
+        non-finite gradient, both on the device. The fp16 grad scaler skips such steps itself, and
+        ScaledAdam drops such a gradient itself (its momentum still moves the weights, as in icefall)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_limit)
+        skipped = ~torch.isfinite(grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return grad_norm, torch.zeros_like(skipped)
+        if isinstance(self.optimizer, ScaledAdam):
+            self.optimizer.step()
+            return grad_norm, torch.zeros_like(skipped)
+        # torch's fused AdamW skips on the device where `found_inf` is set (what GradScaler passes it)
+        self.optimizer.found_inf = skipped.float()
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        return grad_norm, skipped
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.config.checkpoint.ema_decay
+    def _update_ema(self, skipped: torch.Tensor) -> None:
+        weight = torch.where(skipped, 0.0, 1.0 - self.config.checkpoint.ema_decay).float()  # 0: EMA unchanged
         current = self.module.student.state_dict()
         keys = list(self.ema)
-        torch._foreach_lerp_([self.ema[k] for k in keys], [current[k].float() for k in keys], 1.0 - decay)
+        torch._foreach_lerp_([self.ema[k] for k in keys], [current[k].float() for k in keys], weight)
+
+    def log_records(self, steps: list[StepStats]) -> list[dict[str, Any]]:
+        """The log records of `steps`, in one device -> host transfer (and one all_reduce under DDP):
+        the loop's only wait for the device. step_time is the mean over `steps`."""
+        names = [spec.name for spec in self.specs]
+        count = len(names)
+        host = torch.tensor([[s.seconds, s.output_frames, s.flops] for s in steps], dtype=torch.float64)
+        summed = self._all_reduce(torch.cat([torch.stack([s.sums for s in steps]), host.to(self.device)], 1))
+        shared = torch.stack([torch.stack([s.weight.double(), s.grad_norm.double(), s.skipped.double()])
+                              for s in steps])  # (S, 3), the same on every rank
+        waited = time.perf_counter()
+        rows = torch.cat([summed, shared], 1).tolist()
+        step_time = (sum(s.time for s in steps) + time.perf_counter() - waited) / len(steps)
+        records = []
+        for s, row in zip(steps, rows):
+            loss_sum, teacher_sums, teacher_weights = row[0], row[1:1 + count], row[1 + count:1 + 2 * count]
+            masked, seconds, output_frames, flops, weight, grad_norm, skipped = row[1 + 2 * count:]
+            record: dict[str, Any] = {"step": s.step, "epoch": s.epoch, "loss": loss_sum / weight}
+            for name, total, covered in zip(names, teacher_sums, teacher_weights):
+                record[f"loss_{name}"] = total / covered if covered > 0 else None
+            record.update({
+                "lr": s.lr, "grad_norm": grad_norm, "audio_seconds": seconds, "step_time": step_time,
+                "audio_per_second": seconds / step_time, "masked_fraction": masked / max(output_frames, 1.0),
+                "frame_weight": weight,
+            })
+            if self.peak is not None:
+                record["mfu"] = flops / step_time / (self.peak * self.world_size)
+            if skipped:
+                record["skipped_update"] = True
+            if s.no_tokens:
+                record["no_tokens"] = True
+            records.append(record)
+        return records
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> TrainResult:
@@ -464,18 +538,26 @@ class Trainer:
         batches = self._batches()
         last_saved: Path | None = self.resumed_from  # the run's newest checkpoint so far
         stopped = False
+        unlogged: list[StepStats] = []
         try:
             while self.step < self.max_steps:
                 micro = [next(batches) for _ in range(config.optim.accum_steps)]
-                record = self.train_step(micro)
-                if log is not None:
-                    log.write(record)
-                if self.is_main:
-                    self._report(record, progress)
-                flag = torch.tensor([1.0 if stop.raised is not None else 0.0], device=self.device)
-                stopped = bool(self._all_reduce(flag, dist.ReduceOp.MAX if self.world_size > 1 else None).item() > 0)
+                unlogged.append(self.train_step(micro))
+                if progress is not None:
+                    progress.update(1)
+                stopped = self._any_rank(stop.raised is not None)
                 milestone = config.checkpoint.keep_every and self.step % config.checkpoint.keep_every == 0
-                if stopped or milestone or self.step % config.checkpoint.every_steps == 0 or self.step >= self.max_steps:
+                save = (stopped or milestone or self.step % config.checkpoint.every_steps == 0
+                        or self.step >= self.max_steps)
+                if save or self._log_line_due(self.step):
+                    records = self.log_records(unlogged)
+                    unlogged = []
+                    if log is not None:
+                        for record in records:
+                            log.write(record)
+                    if self.is_main:
+                        self._report(records[-1], progress)
+                if save:
                     last_saved = self.save() or last_saved
                 if stopped:
                     if self.is_main:
@@ -509,7 +591,13 @@ class Trainer:
         tqdm.write(text, file=sys.stdout)
         sys.stdout.flush()
 
+    def _log_line_due(self, step: int) -> bool:
+        """Whether `step` prints a line (the first step of a fresh run, every log_every, the last)."""
+        first = self.resumed_from is None and step == 1
+        return first or step % self.config.logging.log_every == 0 or step == self.max_steps
+
     def _report(self, record: dict[str, Any], progress) -> None:
+        """The progress bar's numbers and, when due, the stdout line, from the newest logged step."""
         step = record["step"]
         teacher_text = " ".join(f"{k[5:]}={v:.3f}" for k, v in record.items() if k.startswith("loss_") and v is not None)
         mfu = f" mfu={record['mfu'] * 100:.1f}%" if "mfu" in record else ""
@@ -519,9 +607,8 @@ class Trainer:
             if "mfu" in record:
                 postfix["mfu"] = f"{record['mfu'] * 100:.1f}%"
             progress.set_postfix(postfix, refresh=False)
-            progress.update(1)
         first = self.resumed_from is None and step == 1
-        if first or step % self.config.logging.log_every == 0 or step == self.max_steps:
+        if self._log_line_due(step):
             prefix = (f"first step took {record['step_time']:.2f} s for {record['audio_seconds']:.1f} s of audio; "
                       if first else "")
             self._say(f"{prefix}step {step} loss={record['loss']:.4f} {teacher_text} lr={record['lr']:.2e} "

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from spear_fast.lengths import Lengths, host_lengths
 from spear_fast.model.config import FBANK_DIM, StudentConfig
 
 # Dense bf16/fp16 tensor-core peak (no sparsity), FLOP/s, from the vendors' datasheets.
@@ -42,11 +43,11 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def step_flops(config: StudentConfig, feat_lengths: torch.Tensor, head_outputs: int) -> float:
+def step_flops(config: StudentConfig, feat_lengths: Lengths, head_outputs: int) -> float:
     """Analytic training FLOPs of one pass over clips with fbank lengths `feat_lengths` (module docstring).
     head_outputs: total logits per student frame over all heads (sum of g N K)."""
     enc, sub = config.encoder, config.subsampling
-    lengths = [int(n) for n in feat_lengths.tolist()]
+    lengths = host_lengths(feat_lengths)
     d, layers = enc.dim, enc.num_layers
     ffn_mats = 3 if enc.ffn_activation == "swiglu" else 2
     per_layer = 4 * d * d + ffn_mats * d * enc.ffn_dim  # qkv (3 d^2) + out (d^2) + FFN

@@ -24,8 +24,13 @@ gradient, ||g|| = sqrt(sum_tensors ||g * rms||^2 + sum_scalars (scalar_lr_scale 
 value), enters a ring of the last clipping_update_period norms. At every step that is a multiple of the
 period, and early at steps 10, 20 and 40 (when below the period; then over the norms seen so far and with
 twice the threshold), threshold = clipping_scale * median of the ring (icefall's median: element
-2 * (n // 4) of the n sorted norms). Then c = min(1, threshold / ||g||)
-(c = 0 when ||g|| is not finite; no clipping before the first threshold or on step 0).
+2 * (n // 4) of the n sorted norms). Then c = min(1, threshold / ||g||) (no clipping before the first
+threshold or on step 0). Whatever the clipping, c = 0 when ||g|| is not finite: the step's gradient
+is dropped, as icefall drops it.
+
+Host and device: c stays on the device, so a step reads nothing back from it. Only the threshold
+updates read the ring of norms (every clipping_update_period steps), and log the quartiles and how
+many steps since the last update were clipped (a warning for those scaled by less than 0.5).
 
 A parameter without a gradient counts as a zero gradient, as in icefall: its momentum keeps moving it.
 Differences from icefall's code, not its arithmetic: parameters are updated one by one rather than
@@ -65,7 +70,7 @@ class ScaledAdam(torch.optim.Optimizer):
     clipping_scale: clip the group's relative gradient norm to this many times its recent median;
         None disables the clipping. Default 2.0, what icefall's Zipformer recipes pass (its class
         default is None).
-    `last_clip_factor[i]`: the clipping factor c that group i got at the latest step.
+    `last_clip_factor[i]`: the clipping factor c that group i got at the latest step (read from the device).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.03, betas: tuple[float, float] = (0.9, 0.98),
@@ -92,7 +97,11 @@ class ScaledAdam(torch.optim.Optimizer):
                     "size_update_period": size_update_period, "clipping_scale": clipping_scale,
                     "clipping_update_period": clipping_update_period}
         super().__init__(params, defaults)
-        self.last_clip_factor: list[float] = [1.0] * len(self.param_groups)
+        self._clip_factors: list[torch.Tensor | float] = [1.0] * len(self.param_groups)
+
+    @property
+    def last_clip_factor(self) -> list[float]:
+        return [float(factor) for factor in self._clip_factors]
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -101,7 +110,7 @@ class ScaledAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.last_clip_factor = [1.0] * len(self.param_groups)
+        self._clip_factors = [1.0] * len(self.param_groups)
         for index, group in enumerate(self.param_groups):
             params = group["params"]
             if not params:
@@ -111,33 +120,36 @@ class ScaledAdam(torch.optim.Optimizer):
                 if p.grad is not None and p.grad.is_sparse:
                     raise RuntimeError("ScaledAdam does not support sparse gradients")
                 grads.append(torch.zeros_like(p) if p.grad is None else p.grad)
+                self._init_state(group, p)
             factor = self._clip_factor(group, grads)
-            self.last_clip_factor[index] = factor
+            self._clip_factors[index] = factor
             for p, grad in zip(params, grads):
                 self._update(group, p, grad, factor)
         return loss
 
-    def _update(self, group: dict[str, Any], p: torch.Tensor, grad: torch.Tensor, clip: float) -> None:
+    def _init_state(self, group: dict[str, Any], p: torch.Tensor) -> None:
+        state = self.state[p]
+        if "step" in state:
+            return
+        dtype = _state_dtype(p)
+        state["step"] = 0
+        state["exp_avg_sq"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+        state["momentum"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+        if p.numel() > 1:
+            state["param_rms"] = _rms(p.to(dtype))  # () refreshed every size_update_period steps
+            state["size_grads"] = torch.zeros(group["size_update_period"], dtype=dtype, device=p.device)
+            state["size_exp_avg_sq"] = torch.zeros((), dtype=dtype, device=p.device)
+
+    def _update(self, group: dict[str, Any], p: torch.Tensor, grad: torch.Tensor, clip: torch.Tensor) -> None:
         """One step of one tensor (the equations of the module docstring)."""
         state = self.state[p]
         dtype = _state_dtype(p)
-        if "step" not in state:
-            state["step"] = 0
-            state["exp_avg_sq"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
-            state["momentum"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
-            if p.numel() > 1:
-                state["param_rms"] = _rms(p.to(dtype))  # () refreshed every size_update_period steps
-                state["size_grads"] = torch.zeros(group["size_update_period"], dtype=dtype, device=p.device)
-                state["size_exp_avg_sq"] = torch.zeros((), dtype=dtype, device=p.device)
         step = state["step"]
         lr, eps = group["lr"], group["eps"]
         beta1, beta2 = group["betas"]
         value = p.to(dtype)  # the parameter before this step
-        grad = grad.to(dtype)
-        if clip == 0.0:  # a non-finite group norm: this gradient is dropped (inf * 0 would be nan)
-            grad = torch.zeros_like(grad)
-        elif clip != 1.0:
-            grad = grad * clip
+        # c = 0 drops a non-finite gradient (inf * 0 would be nan); c = 1 leaves it as it is
+        grad = torch.where(clip > 0, grad.to(dtype) * clip, 0.0)
 
         # Adam direction (second moment only; momentum is applied to the whole update below)
         exp_avg_sq = state["exp_avg_sq"]
@@ -186,14 +198,12 @@ class ScaledAdam(torch.optim.Optimizer):
         return update
 
     # ------------------------------------------------------------------ clipping
-    def _clip_factor(self, group: dict[str, Any], grads: list[torch.Tensor]) -> float:
-        """The group's gradient factor c (module docstring); also maintains the norm ring and threshold."""
+    def _clip_factor(self, group: dict[str, Any], grads: list[torch.Tensor]) -> torch.Tensor:
+        """The group's gradient factor c (module docstring), () float64 on the device; also maintains
+        the norm ring and threshold."""
         scale = group["clipping_scale"]
         first = self.state[group["params"][0]]  # the group's clipping statistics live here
-        step = first.get("step", 0)
-        if scale is None or step == 0:
-            return 1.0
-        period = group["clipping_update_period"]
+        step = first["step"]
         scalar_lr_scale = group["scalar_lr_scale"]
         terms = []
         for p, grad in zip(group["params"], grads):
@@ -203,40 +213,48 @@ class ScaledAdam(torch.optim.Optimizer):
             else:
                 terms.append((grad * self.state[p]["param_rms"]).square().sum())
         norm = sum(terms).sqrt()  # () relative gradient norm of the group
+        finite = torch.isfinite(norm)
+        if scale is None or step == 0:
+            return finite.double()
+        period = group["clipping_update_period"]
         if "clip_norms" not in first:
             first["clip_norms"] = torch.zeros(period, dtype=norm.dtype, device=norm.device)
-            first["clip_count"] = 0
         norms = first["clip_norms"]  # (period,) ring of recent norms
         norms[step % period] = norm
         early = step in EARLY_CLIPPING_STEPS and step < period
         if step % period == 0 or early:
-            ordered = norms.sort().values.cpu()
-            if early:
-                ordered = ordered[-step:]  # the `step` norms recorded so far (slot 0 is still empty)
-            count = ordered.numel()
-            quartiles = [float(ordered[min(count - 1, (count // 4) * k)]) for k in range(5)]
-            median = quartiles[2]
-            if not math.isfinite(median):
-                raise RuntimeError(f"ScaledAdam: the median gradient norm of the last {count} steps is {median}: "
-                                   f"too many gradients were not finite")
-            threshold = scale * median * (2.0 if early else 1.0)
-            log.info("ScaledAdam step %d: clipping_scale=%s, grad-norm quartiles %s, threshold=%.3e, "
-                     "clipped %.1f %% of steps", step, scale, " ".join(f"{q:.3e}" for q in quartiles), threshold,
-                     100.0 * first["clip_count"] / count)
-            first["clip_threshold"] = threshold
-            first["clip_count"] = 0
+            self._update_threshold(first, scale, step, early)
         threshold = first.get("clip_threshold")
         if threshold is None:
-            return 1.0
-        factor = min(1.0, threshold / (float(norm) + 1e-20))
-        if math.isnan(factor):
-            factor = 0.0
-        if factor < 1.0:
-            first["clip_count"] += 1
-        if factor < 0.5:
-            log.warning("ScaledAdam step %d: scaling gradients by %.3g (norm %.3e, threshold %.3e)", step, factor,
-                        float(norm), threshold)
-        return factor
+            return finite.double()
+        factor = (threshold / (norm.double() + 1e-20)).clamp(max=1.0)
+        # steps clipped since the last threshold update, counted on the device
+        first["clip_count"] = first.get("clip_count", 0) + (factor < 1.0)
+        first["clip_hard_count"] = first.get("clip_hard_count", 0) + (factor < 0.5)
+        return torch.where(finite, factor, 0.0)
+
+    @staticmethod
+    def _update_threshold(first: dict[str, Any], scale: float, step: int, early: bool) -> None:
+        """A new threshold from the ring of norms (host reads: every clipping_update_period steps)."""
+        ordered = first["clip_norms"].sort().values.cpu()
+        if early:
+            ordered = ordered[-step:]  # the `step` norms recorded so far (slot 0 is still empty)
+        count = ordered.numel()
+        quartiles = [float(ordered[min(count - 1, (count // 4) * k)]) for k in range(5)]
+        median = quartiles[2]
+        if not math.isfinite(median):
+            raise RuntimeError(f"ScaledAdam: the median gradient norm of the last {count} steps is {median}: "
+                               f"too many gradients were not finite")
+        threshold = scale * median * (2.0 if early else 1.0)
+        clipped, hard = int(first.get("clip_count", 0)), int(first.get("clip_hard_count", 0))
+        log.info("ScaledAdam step %d: clipping_scale=%s, grad-norm quartiles %s, threshold=%.3e, "
+                 "clipped %.1f %% of steps", step, scale, " ".join(f"{q:.3e}" for q in quartiles), threshold,
+                 100.0 * clipped / count)
+        if hard:
+            log.warning("ScaledAdam step %d: %d of the last %d steps scaled their gradients by less than 0.5",
+                        step, hard, count)
+        first["clip_threshold"] = threshold
+        first["clip_count"] = first["clip_hard_count"] = 0
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -250,7 +268,7 @@ class ScaledAdam(torch.optim.Optimizer):
             for name, value in saved.get(key, {}).items():
                 if torch.is_tensor(value):
                     self.state[p][name] = value.to(device=p.device, copy=True)
-        self.last_clip_factor = [1.0] * len(self.param_groups)
+        self._clip_factors = [1.0] * len(self.param_groups)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
