@@ -21,12 +21,12 @@ weight alpha and the others 1 - alpha (objective.frame_weights), using exactly t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from spear_fast.errors import UserError
+from spear_fast.config import check, field
 from spear_fast.lengths import Lengths, host_lengths
 from spear_fast.model.config import FBANK_DIM
 from spear_fast.model.subsampling import subsampled_lengths
@@ -34,27 +34,13 @@ from spear_fast.model.subsampling import subsampled_lengths
 
 @dataclass
 class MaskingConfig:
-    enabled: bool = field(default=True, metadata={"doc": "apply masking (training); off -> all-False masks"})
-    channel_prob: float = field(default=0.25, metadata={"doc": "channel span start probability", "ge": 0.0,
-                                                         "lt": 1.0})
-    channel_width: int = field(default=20, metadata={"doc": "channel span width in fbank bins", "ge": 1,
-                                                      "le": FBANK_DIM})
-    min_channel_spans: int = field(default=0, metadata={"doc": "minimum channel spans per utterance", "ge": 0})
-    time_prob: float = field(default=0.65, metadata={"doc": "time span start probability (x L / span spans)",
-                                                      "ge": 0.0, "lt": 1.0})
-    time_span: int = field(default=10, metadata={"doc": "time span length in input (100 Hz) frames", "ge": 1})
-    min_time_spans: int = field(default=2, metadata={"doc": "minimum time spans per utterance", "ge": 0})
-
-    def validate(self) -> None:
-        for name in ("channel_prob", "time_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise UserError(f"masking.{name} must lie in [0, 1), got {value}")
-        if not 1 <= self.channel_width <= FBANK_DIM:
-            raise UserError(f"masking.channel_width must lie in [1, {FBANK_DIM}], got {self.channel_width}")
-        if self.time_span < 1 or self.min_time_spans < 0 or self.min_channel_spans < 0:
-            raise UserError(f"masking.time_span must be >= 1 and the minimum span counts >= 0, got "
-                            f"{self.time_span}, {self.min_time_spans}, {self.min_channel_spans}")
+    enabled: bool = field(True, "apply masking (training); off -> all-False masks")
+    channel_prob: float = field(0.25, "channel span start probability", ge=0.0, lt=1.0)
+    channel_width: int = field(20, "channel span width in fbank bins", ge=1, le=FBANK_DIM)
+    min_channel_spans: int = field(0, "minimum channel spans per utterance", ge=0)
+    time_prob: float = field(0.65, "time span start probability (x L / span spans)", ge=0.0, lt=1.0)
+    time_span: int = field(10, "time span length in input (100 Hz) frames", ge=1)
+    min_time_spans: int = field(2, "minimum time spans per utterance", ge=0)
 
 
 class MaskingResult(NamedTuple):
@@ -122,7 +108,7 @@ def compute_masks(feats: torch.Tensor, feat_lengths: Lengths, config: MaskingCon
     Random numbers come from `generator` (a CPU torch.Generator) only, so a seed fixes the masks.
     The masks are drawn on the host from the lengths: pass them as Python ints and nothing is read
     back from feats' device (spear_fast.lengths)."""
-    config.validate()
+    check(config)
     if feats.dim() != 3 or feats.shape[-1] != FBANK_DIM:
         raise ValueError(f"feats must be (B, T, {FBANK_DIM}), got {tuple(feats.shape)}")
     batch, frames, _ = feats.shape

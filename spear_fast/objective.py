@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -45,20 +45,20 @@ from torch import nn
 from kernels import IGNORE_INDEX
 from kernels.linear_multi_target_ce import linear_multi_target_ce
 
+from spear_fast.config import check, field
 from spear_fast.errors import UserError
 from spear_fast.lengths import Lengths, device_lengths, frame_indices, host_lengths
 
 DOMAINS = ("speech", "audio")
-MODES = ("asymmetric", "own_teacher", "both_all")
 
 
 @dataclass
 class TeacherSpec:
-    name: str = field(metadata={"doc": "teacher name (key of the targets mapping)"})
-    domain: Literal["speech", "audio"] = field(metadata={"doc": "the domain this teacher is the expert of"})
-    num_codebooks: int = field(metadata={"doc": "MVQ codebooks N of the teacher's tokens", "ge": 1})
-    frame_rate: float = field(metadata={"doc": "token frames per second (Hz)", "gt": 0.0})
-    codebook_size: int = field(default=256, metadata={"doc": "entries K per codebook", "ge": 2})
+    name: str = field(doc="teacher name (key of the targets mapping)")
+    domain: Literal["speech", "audio"] = field(doc="the domain this teacher is the expert of")
+    num_codebooks: int = field(doc="MVQ codebooks N of the teacher's tokens", ge=1)
+    frame_rate: float = field(doc="token frames per second (Hz)", gt=0.0)
+    codebook_size: int = field(256, "entries K per codebook", ge=2)
 
 
 @dataclass
@@ -66,20 +66,18 @@ class ObjectiveSettings:
     """The objective's settings that hold for any set of teachers. ObjectiveConfig adds the teachers; the
     training config's `loss` section (spear_fast/train/config.py) adds what its token stores hold."""
 
-    alpha: float = field(default=0.5, metadata={
-        "doc": "frame weight of masked frames (unmasked frames: 1 - alpha)", "ge": 0.0, "le": 1.0})
-    lambda_audio: float = field(default=0.1, metadata={"doc": "weight of the audio teachers' loss", "ge": 0.0})
-    mode: Literal["asymmetric", "own_teacher", "both_all"] = field(default="asymmetric", metadata={
-        "doc": "asymmetric: speech teachers on all clips, audio teachers on audio clips; own_teacher: each "
-               "teacher on its own domain; both_all: every teacher on every clip"})
-    max_length_mismatch: int = field(default=2, metadata={
-        "doc": "tolerated |token frames - student frames| per clip after alignment, at the student rate",
-        "ge": 0})
+    alpha: float = field(0.5, "frame weight of masked frames (unmasked frames: 1 - alpha)", ge=0.0, le=1.0)
+    lambda_audio: float = field(0.1, "weight of the audio teachers' loss", ge=0.0)
+    mode: Literal["asymmetric", "own_teacher", "both_all"] = field(
+        "asymmetric", "asymmetric: speech teachers on all clips, audio teachers on audio clips; own_teacher: "
+                      "each teacher on its own domain; both_all: every teacher on every clip")
+    max_length_mismatch: int = field(
+        2, "tolerated |token frames - student frames| per clip after alignment, at the student rate", ge=0)
 
 
 @dataclass
 class ObjectiveConfig(ObjectiveSettings):
-    teachers: tuple[TeacherSpec, ...] = field(default=(), metadata={"doc": "the teachers, one head each"})
+    teachers: tuple[TeacherSpec, ...] = field((), "the teachers, one head each")
 
     @classmethod
     def for_teachers(cls, teachers: Sequence[TeacherSpec], settings: ObjectiveSettings) -> ObjectiveConfig:
@@ -93,20 +91,6 @@ class ObjectiveConfig(ObjectiveSettings):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise UserError(f"objective.teachers has duplicate names: {names}")
-        for t in self.teachers:
-            if t.domain not in DOMAINS:
-                raise UserError(f"teacher {t.name!r}: domain must be one of {DOMAINS}, got {t.domain!r}")
-            if t.num_codebooks < 1 or t.codebook_size < 2 or not t.frame_rate > 0:
-                raise UserError(f"teacher {t.name!r}: needs num_codebooks >= 1, codebook_size >= 2 and "
-                                f"frame_rate > 0, got {t.num_codebooks}, {t.codebook_size}, {t.frame_rate}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"objective.alpha must lie in [0, 1], got {self.alpha}")
-        if self.lambda_audio < 0:
-            raise UserError(f"objective.lambda_audio must be >= 0, got {self.lambda_audio}")
-        if self.mode not in MODES:
-            raise UserError(f"objective.mode must be one of {MODES}, got {self.mode!r}")
-        if self.max_length_mismatch < 0:
-            raise UserError(f"objective.max_length_mismatch must be >= 0, got {self.max_length_mismatch}")
 
 
 def rate_ratio(teacher_rate: float, student_rate: float) -> tuple[int, int]:
@@ -207,7 +191,7 @@ class SpearObjective(nn.Module):
 
     def __init__(self, config: ObjectiveConfig, model_dim: int, student_frame_rate: float):
         super().__init__()
-        config.validate()
+        check(config)
         self.config = config
         self.model_dim = model_dim
         self.student_frame_rate = student_frame_rate

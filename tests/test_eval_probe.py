@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from spear_fast.cli import main as spear_main
+from spear_fast.config import check
 from spear_fast.data.manifest import ManifestEntry, write_manifest
 from spear_fast.eval.probe import (
     ProbeConfig,
@@ -83,8 +84,8 @@ def test_one_layer_alone(seed):
     assert abs(other.test["accuracy"] - 1 / 3) < 0.1  # a noise layer: chance (300 test items)
     with pytest.raises(ValueError, match=r"probe layer 4 does not exist: m exposes 4 hidden states \(0 \.\. 3\)"):
         one_layer(splits[0], 4, "m")
-    with pytest.raises(ValueError, match="probe layer must be >= 0"):
-        ProbeConfig(layer=-1).validate()
+    with pytest.raises(ValueError, match="layer=-1 is out of range: must be >= 0"):
+        check(ProbeConfig(layer=-1))
 
 
 def test_early_stopping_keeps_the_best_epoch(seed):

@@ -18,7 +18,8 @@ from spear_fast.cli import main as spear_main
 from spear_fast.eval.features import FeatureStore
 from spear_fast.eval.upstreams import load_upstream
 from spear_fast.integrations.transformers_export import REMOTE_CODE_FILES
-from spear_fast.model.config import StudentConfig, config_to_dict
+from spear_fast.config import config_to_dict
+from spear_fast.model.config import StudentConfig
 from spear_fast.model.pretrained import SpearModel
 
 transformers = pytest.importorskip("transformers")

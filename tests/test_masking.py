@@ -121,5 +121,5 @@ def test_bad_inputs_raise():
         compute_masks(torch.randn(2, 10, 128), torch.tensor([10, 11]), MaskingConfig(), generator)
     with pytest.raises(ValueError, match=r"feat_lengths must have 2 values, got 1"):
         compute_masks(torch.randn(2, 10, 128), [10], MaskingConfig(), generator)
-    with pytest.raises(ValueError, match="time_prob must lie in"):
+    with pytest.raises(ValueError, match="time_prob=1.5 is out of range: must be < 1"):
         compute_masks(torch.randn(2, 10, 128), torch.tensor([10, 5]), MaskingConfig(time_prob=1.5), generator)

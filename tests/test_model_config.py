@@ -1,13 +1,12 @@
-"""Student presets, parameter counts and command-line overrides (spear_fast/model/config.py)."""
+"""Student presets, parameter counts (spear_fast/model/config.py) and command-line overrides (spear_fast/config.py)."""
 import pytest
 
+from spear_fast.config import apply_overrides, describe
 from spear_fast.model.config import (
     PRESET_PARAM_TARGETS,
     PRESETS,
     StudentConfig,
-    apply_overrides,
     base,
-    describe,
     param_count,
     preset,
     tiny,
@@ -93,7 +92,7 @@ def test_describe_lists_every_field_with_doc():
 
 
 def test_config_dict_round_trip_and_errors():
-    from spear_fast.model.config import config_from_dict, config_to_dict
+    from spear_fast.config import config_from_dict, config_to_dict
 
     config = apply_overrides(xlarge(), ["encoder.norm=rmsnorm", "encoder.dropout=0.0"])
     data = config_to_dict(config)

@@ -14,7 +14,8 @@ from spear_fast.model.attention import (
     backend_unavailable_reason,
     resolve_backend,
 )
-from spear_fast.model.config import apply_overrides, tiny
+from spear_fast.config import apply_overrides
+from spear_fast.model.config import tiny
 from spear_fast.model.student import SpearStudent
 from spear_fast.model.subsampling import subsampled_lengths
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from spear_fast.config import apply_overrides
 from spear_fast.masking import MaskingConfig, compute_masks
-from spear_fast.model.config import apply_overrides, tiny
+from spear_fast.model.config import tiny
 from spear_fast.model.student import SpearStudent
 from spear_fast.objective import ObjectiveConfig, SpearObjective, TeacherSpec, align_targets
 
@@ -234,7 +235,7 @@ def test_end_to_end_gradients_reach_heads_and_student(seed):
 
 
 def test_objective_config_round_trips_through_dict():
-    from spear_fast.model.config import apply_overrides, config_from_dict, config_to_dict
+    from spear_fast.config import apply_overrides, config_from_dict, config_to_dict
 
     config = ObjectiveConfig(teachers=(TeacherSpec("w", "speech", 16, 50.0), TeacherSpec("c", "audio", 8, 25.0)))
     config = apply_overrides(config, ["mode=both_all", "lambda_audio=0.3"])

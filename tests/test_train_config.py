@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spear_fast.data.manifest import read_manifest, write_manifest
-from spear_fast.model.config import apply_overrides
+from spear_fast.config import apply_overrides
 from spear_fast.model.student import SpearStudent
 from spear_fast import checkpoint as ckpt
 from spear_fast.errors import UserError

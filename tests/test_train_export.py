@@ -122,7 +122,7 @@ def test_token_mixing_matches_the_kernel_and_noise_hits_its_snr(seed):
 
 def test_eval_batches_are_neither_mixed_nor_masked(tmp_path):
     from spear_fast.data.manifest import read_manifest
-    from spear_fast.model.config import apply_overrides
+    from spear_fast.config import apply_overrides
     from spear_fast.train.config import train_config
     from spear_fast.train.data import open_token_stores, validate_corpus
     from spear_fast.train.loop import Trainer

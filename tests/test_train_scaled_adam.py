@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from spear_fast.model.config import apply_overrides
+from spear_fast.config import apply_overrides
 from spear_fast.checkpoint import load_checkpoint
 from spear_fast.train.config import OptimConfig, train_config
 from spear_fast.train.main import run

@@ -14,12 +14,16 @@ import traceback
 import pytest
 import torch
 
+from spear_fast.config import apply_overrides
 from spear_fast.data.manifest import read_manifest
-from spear_fast.model.config import apply_overrides
 from spear_fast.train.config import train_config
 from spear_fast.train.data import open_token_stores, validate_corpus
 from spear_fast.train.loop import Trainer
-from spear_fast.train.synthetic import TEST_OVERRIDES, fresh_seed, write_synthetic_corpus
+from spear_fast.train.synthetic import (
+    TEST_OVERRIDES,
+    fresh_seed,
+    write_synthetic_corpus,
+)
 
 # Tensor -> Python: each of these reads the tensor's values on the host (nonzero: to size its output).
 READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero")

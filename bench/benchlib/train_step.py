@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from kernels import IGNORE_INDEX
 
 from spear_fast.audio import fbank
+from spear_fast.config import apply_overrides
 from spear_fast.masking import MaskingConfig, compute_masks
 from spear_fast.model.attention import resolve_backend
-from spear_fast.model.config import StudentConfig, apply_overrides, preset
+from spear_fast.model.config import StudentConfig, preset
 from spear_fast.model.student import SpearStudent
 from spear_fast.objective import (
     ObjectiveConfig,

@@ -29,8 +29,8 @@ from gpucheck.budget import PartTimeout
 from gpucheck.context import Case, Context, Part, measure
 from gpucheck.report import Row, format_bytes, format_seconds
 
+from spear_fast.config import apply_overrides, check
 from spear_fast.data.manifest import read_manifest
-from spear_fast.model.config import apply_overrides
 from spear_fast.train.config import train_config
 from spear_fast.train.data import open_token_stores, validate_corpus
 from spear_fast.train.loop import Trainer
@@ -159,7 +159,7 @@ def run_case(ctx: Context) -> Case:
             config = apply_overrides(train_config(profile.run_preset), list(profile.run_overrides))
             stores = open_token_stores(corpus.token_dirs, config)
             entries, skipped = validate_corpus(read_manifest(corpus.manifest), stores, config)
-            config.validate()
+            check(config)
             run_dir = Path(tmp) / "run"
             trainer = Trainer(config, entries, stores, run_dir, max_steps=profile.run_steps, skipped=skipped)
             compiles: list[int | None] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spear_fast.config import check, field
 from spear_fast.errors import UserError
 
 from . import content, music, sounds, speech
@@ -50,24 +51,20 @@ KIND_CODE = {name: i for i, name in enumerate(sorted(KIND_DOMAIN))}  # seed stre
 
 @dataclass
 class DemoConfig:
-    out: str
-    hours: float = 10.0  # pre-training audio to generate (probe sets come on top)
-    seed: int = 0
-    tiny: bool = False  # small fast variant for tests (hours <= 0.05, few probe clips); implied by hours <= 0.05
-    jobs: int = 2  # worker processes
-    cache_dir: str | None = None  # .deb cache (default ~/.cache/spear-fast or $SPEAR_DEMO_CACHE)
+    out: str = field(doc="output directory")
+    hours: float = field(10.0, "pre-training audio to generate (probe sets come on top)", gt=0.0)
+    seed: int = field(0, "seed of everything the corpus draws", ge=0)
+    tiny: bool = field(False, f"small fast variant for tests ({TINY_HOURS} h, few probe clips); implied by hours "
+                              f"<= {TINY_HOURS}")
+    jobs: int = field(2, "worker processes", ge=1)
+    cache_dir: str | None = field(None, ".deb cache (default ~/.cache/spear-fast or $SPEAR_DEMO_CACHE)")
 
     def __post_init__(self) -> None:
-        if not self.hours > 0:
-            raise UserError(f"hours must be > 0, got {self.hours}")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
+        check(self)
         if self.hours <= TINY_HOURS:  # a build this small is the tiny variant (small probe sets too)
             self.tiny = True
         if self.tiny:
             self.hours = min(self.hours, TINY_HOURS)
-        if self.jobs < 1:
-            raise UserError(f"jobs must be >= 1, got {self.jobs}")
 
 
 @dataclass

@@ -26,46 +26,36 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spear_fast.config import check, field
 from spear_fast.errors import UserError
 
 
 @dataclass
 class ProbeConfig:
-    head: str = "linear"  # "linear" | "mlp"
-    hidden_dim: int = 256  # MLP hidden width
-    epochs: int = 200  # most epochs
-    patience: int = 20  # epochs without a valid improvement before stopping
-    batch_size: int = 32  # utterances (utterance tasks) per step
-    frame_batch_size: int = 1024  # frames (frame tasks) per step
-    lr: float = 1e-3  # the head's Adam learning rate
-    # The layer logits' learning rate: Adam moves a logit by about lr per step, and a demo-sized task
-    # gives a few hundred steps, in which 1e-3 leaves the weights near uniform (s3prl trains 10k+ steps).
-    layer_lr: float = 1e-2
-    weight_decay: float = 0.0
-    seed: int = 0
-    # intra-op threads while fitting: the probe's tensors are small, and more threads mostly add
-    # synchronisation (measured on the 2-core dev box under load: 52 ms/step with 2, 2.2 ms with 1)
-    threads: int = 1
-    # One hidden state alone (0 = the front end's output) instead of the weighted sum: the per-layer
-    # view that shows where a model keeps what a task needs. None: all layers, weighted (SUPERB).
-    layer: int | None = None
-
-    def validate(self) -> None:
-        if self.head not in ("linear", "mlp"):
-            raise UserError(f"probe head {self.head!r} must be 'linear' or 'mlp'")
-        for name in ("hidden_dim", "epochs", "patience", "batch_size", "frame_batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise UserError(f"probe {name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and self.layer_lr > 0) or self.weight_decay < 0:
-            raise UserError(f"probe lr and layer_lr must be > 0 and weight_decay >= 0, got {self.lr}, "
-                            f"{self.layer_lr}, {self.weight_decay}")
-        if self.layer is not None and self.layer < 0:
-            raise UserError(f"probe layer must be >= 0 (0 = the front end's output), got {self.layer}")
+    head: Literal["linear", "mlp"] = field("linear", "linear: Linear(d, C); mlp: Linear(d, h)-ReLU-Linear(h, C)")
+    hidden_dim: int = field(256, "MLP hidden width h", ge=1)
+    epochs: int = field(200, "most epochs", ge=1)
+    patience: int = field(20, "epochs without a valid improvement before stopping", ge=1)
+    batch_size: int = field(32, "utterances (utterance tasks) per step", ge=1)
+    frame_batch_size: int = field(1024, "frames (frame tasks) per step", ge=1)
+    lr: float = field(1e-3, "the head's Adam learning rate", gt=0.0)
+    # Adam moves a logit by about lr per step, and a demo-sized task gives a few hundred steps, in
+    # which 1e-3 leaves the weights near uniform (s3prl trains 10k+ steps).
+    layer_lr: float = field(1e-2, "the layer logits' Adam learning rate", gt=0.0)
+    weight_decay: float = field(0.0, "Adam weight decay of the head", ge=0.0)
+    seed: int = field(0, "seed of the initialisation and the batch order")
+    # the probe's tensors are small, and more threads mostly add synchronisation (measured on the
+    # 2-core dev box under load: 52 ms/step with 2, 2.2 ms with 1)
+    threads: int = field(1, "intra-op threads while fitting", ge=1)
+    layer: int | None = field(
+        None, "one hidden state alone (0: the front end's output) instead of the weighted sum, the per-layer "
+              "view that shows where a model keeps what a task needs; None: all layers, weighted (SUPERB)", ge=0)
 
 
 class WeightedLayerProbe(nn.Module):
@@ -155,7 +145,7 @@ def train_probe(train: ProbeData, valid: ProbeData, test: ProbeData, num_classes
                 ) -> ProbeResult:
     """Fit the weighted-layer probe on train with early stopping on valid; score the best on test."""
     config = config or ProbeConfig()
-    config.validate()
+    check(config)
     for name, data in (("train", train), ("valid", valid), ("test", test)):
         if data.x.dim() != 3 or data.y.shape != (data.x.shape[0],) or data.x.shape[0] == 0:
             raise ValueError(f"probe {name} split: x must be (N, L, d) with y (N,), N > 0; got "
@@ -312,7 +302,7 @@ def run_probes(model: str, task_dirs: list[str | os.PathLike], out: str | os.Pat
     from spear_fast.eval.tasks import load_task
     from spear_fast.eval.upstreams import load_upstream
 
-    config.validate()
+    check(config)
     tasks = [load_task(d) for d in task_dirs]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):

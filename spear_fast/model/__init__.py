@@ -5,11 +5,7 @@ from spear_fast.model.config import (
                                      EncoderConfig,
                                      StudentConfig,
                                      SubsamplingConfig,
-                                     apply_overrides,
                                      base,
-                                     config_from_dict,
-                                     config_to_dict,
-                                     describe,
                                      large,
                                      param_count,
                                      preset,
@@ -22,6 +18,6 @@ from spear_fast.model.subsampling import subsampled_lengths
 
 __all__ = [
     "PRESETS", "AttentionBackendUnavailable", "EncoderConfig", "SpearModel", "SpearStudent", "StudentConfig", "StudentOutput",
-    "SubsamplingConfig", "apply_overrides", "base", "config_from_dict", "config_to_dict", "describe", "large",
-    "param_count", "preset", "resolve_backend", "subsampled_lengths", "tiny", "xlarge",
+    "SubsamplingConfig", "base", "large", "param_count", "preset", "resolve_backend", "subsampled_lengths", "tiny",
+    "xlarge",
 ]

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from spear_fast.checkpoint import load_checkpoint
-from spear_fast.model.config import StudentConfig, config_from_dict
+from spear_fast.config import config_from_dict
+from spear_fast.model.config import StudentConfig
 from spear_fast.model.pretrained import save_pretrained
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from spear_fast.audio.fbank import FRAME_SHIFT
+from spear_fast.config import config_from_dict, config_to_dict
 from spear_fast.errors import UserError
-from spear_fast.model.config import StudentConfig, config_from_dict
+from spear_fast.model.config import StudentConfig
 from spear_fast.model.student import SpearStudent, StudentOutput
 
 EXPORT_FORMAT = "spear-fast student v1"
@@ -84,7 +85,6 @@ def save_pretrained(student_state: dict[str, torch.Tensor], config: StudentConfi
     from safetensors.torch import save_file
 
     from spear_fast.integrations.transformers_export import transformers_fields, write_remote_code
-    from spear_fast.model.config import config_to_dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spear_fast.config import check
 from spear_fast.model.attention import (
     RotaryEmbedding,
     SequenceLayout,
@@ -107,7 +108,7 @@ class TransformerBlock(nn.Module):
 class SpearStudent(nn.Module):
     def __init__(self, config: StudentConfig):
         super().__init__()
-        config.validate()
+        check(config)
         self.config = config
         enc = config.encoder
         # The learned vector that replaces time-masked fbank frames (SPEAR.md section 5); initialised

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .encode import DEFAULT_CHUNK_BYTES, GramCache, compute_indexes
 
 from spear_fast.atomic import atomic_open
+from spear_fast.config import check, field
 from spear_fast.errors import UserError
 
 SCALE_SPEED = 10.0  # the reference's `scale_speed`: the log-scales are multiplied by this before exp()
@@ -45,14 +46,15 @@ def is_power_of_two(n: int) -> bool:
 
 @dataclass(frozen=True)
 class QuantizerConfig:
-    dim: int  # D, the frame dimension
-    num_codebooks: int  # N, a power of two
-    codebook_size: int = 256  # K, a power of two <= 256
-    normalized: bool = False  # whether norm_mean / norm_std are applied
+    dim: int = field(doc="D, the frame dimension", ge=1)
+    num_codebooks: int = field(doc="N, a power of two")
+    codebook_size: int = field(256, f"K, a power of two <= {MAX_CODEBOOK_SIZE} (uint8 tokens)")
+    normalized: bool = field(False, "whether norm_mean / norm_std are applied")
 
     def __post_init__(self) -> None:
-        if self.dim <= 0:
-            raise ValueError(f"Quantizer: dim must be positive, got {self.dim}")
+        check(self)
+
+    def validate(self) -> None:
         if not is_power_of_two(self.num_codebooks):
             raise ValueError(f"Quantizer: num_codebooks must be a power of two, got {self.num_codebooks}")
         if not is_power_of_two(self.codebook_size) or self.codebook_size > MAX_CODEBOOK_SIZE:

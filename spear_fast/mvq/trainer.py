@@ -25,6 +25,7 @@ from .metrics import evaluate
 from .quantizer import Quantizer, QuantizerConfig, is_power_of_two
 
 from spear_fast.atomic import atomic_open
+from spear_fast.config import check, field
 from spear_fast.errors import UserError
 
 PHASE1_CODEBOOK_SIZE = 16  # phase 1 codebooks; merged pairs give 16 * 16 = 256
@@ -34,20 +35,21 @@ TWO_REFINE_PROB = 0.5  # probability of 2 (else 1) refine passes for the trainin
 
 @dataclass
 class TrainerConfig:
-    num_codebooks: int = 16  # N of the final quantiser (phase 1 uses 2N codebooks of 16)
-    phase_steps: tuple[int, int] = (35000, 35000)  # steps of phase 1 and 2 (paper scale)
-    batch_size: int = 1024  # frames per step
-    lr: float = 5e-3
-    seed: int = 0
+    num_codebooks: int = field(16, "N codebooks of the final quantiser, a power of two (phase 1 fits 2N of 16)")
+    phase_steps: tuple[int, int] = field((35000, 35000), "steps of phase 1 and 2 (paper scale)")
+    batch_size: int = field(1024, "frames per step", ge=1)
+    lr: float = field(5e-3, "Adam learning rate of phase 1 (phase 2 starts at half of it)")
+    seed: int = field(0, "seed of the initialisation, the refine-pass draws and the batch sampling")
 
     def __post_init__(self) -> None:
         self.phase_steps = tuple(int(s) for s in self.phase_steps)
+        check(self)
+
+    def validate(self) -> None:
         if not is_power_of_two(self.num_codebooks):
             raise UserError(f"TrainerConfig: num_codebooks must be a power of two, got {self.num_codebooks}")
         if len(self.phase_steps) != 2 or min(self.phase_steps) < 1:
             raise UserError(f"TrainerConfig: phase_steps must be two positive ints, got {self.phase_steps}")
-        if self.batch_size < 1:
-            raise UserError(f"TrainerConfig: batch_size must be >= 1, got {self.batch_size}")
 
 
 def quantizer_loss(quantizer: Quantizer, x: Tensor, refine_iters: int) -> tuple[Tensor, Tensor, Tensor]:

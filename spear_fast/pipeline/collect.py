@@ -29,6 +29,7 @@ import torch
 from spear_fast.atomic import atomic_write_json
 from spear_fast.audio import MIN_SAMPLES
 from spear_fast.data.manifest import ManifestEntry, read_manifest
+from spear_fast.config import check, field
 from spear_fast.errors import UserError
 from spear_fast.sample_rate import SAMPLE_RATE
 
@@ -47,31 +48,25 @@ MERGE_BATCH = 65536  # frames per read while merging parts
 
 @dataclass
 class CollectConfig:
-    manifest: Path
-    teacher: str  # teacher spec (spear_fast.teachers.load_teacher)
-    out: Path  # frame store directory (spear_fast.mvq.FrameStore)
-    max_frames: int = 200_000  # about this many frames in all (fewer when clips are skipped)
-    frames_per_clip: int = 100  # random frames per clip; 0 = every frame of the chosen clips
-    domain: str = "all"  # speech | audio | all
-    seed: int = 0
-    batch_seconds: float = 60.0  # padded audio per teacher call
-    worker: tuple[int, int] = (0, 1)
-    max_duration: float | None = DEFAULT_MAX_DURATION
-    device: str = "cpu"
-    part_frames: int = 50_000  # commit a part after this many frames...
-    part_seconds: float = 300.0  # ...or this much wall time, whichever comes first
-    finalize: bool = True  # merge the parts once every worker has finished
-    progress: bool = True
+    manifest: Path = field(doc="JSON-lines manifest")
+    teacher: str = field(doc="teacher spec (spear_fast.teachers.load_teacher)")
+    out: Path = field(doc="frame store directory (spear_fast.mvq.FrameStore)")
+    max_frames: int = field(200_000, "about this many frames in all (fewer when clips are skipped)", ge=1)
+    frames_per_clip: int = field(100, "random frames per clip; 0 = every frame of the chosen clips", ge=0)
+    domain: str = field("all", "speech | audio | all: which manifest clips to sample")
+    seed: int = field(0, "seed of the clip subset and of the frames drawn per clip")
+    batch_seconds: float = field(60.0, "padded audio per teacher call")
+    worker: tuple[int, int] = field((0, 1), "(i, n): this process is worker i of n")
+    max_duration: float | None = field(DEFAULT_MAX_DURATION, "longer clips are skipped with a reason (None: no cap)")
+    device: str = field("cpu", "device of the teacher")
+    part_frames: int = field(50_000, "commit a part after this many frames (or part_seconds, if sooner)", ge=1)
+    part_seconds: float = field(300.0, "commit a part after this much wall time (or part_frames, if sooner)", gt=0.0)
+    finalize: bool = field(True, "merge the parts once every worker has finished")
+    progress: bool = field(True, "progress bar")
 
     def __post_init__(self) -> None:
         self.manifest, self.out = Path(self.manifest), Path(self.out)
-        if self.max_frames < 1:
-            raise UserError(f"collect-frames: max_frames must be >= 1, got {self.max_frames}")
-        if self.frames_per_clip < 0:
-            raise UserError(f"collect-frames: frames_per_clip must be >= 0 (0 = all), got {self.frames_per_clip}")
-        if self.part_frames < 1 or not self.part_seconds > 0:
-            raise UserError(f"collect-frames: part_frames and part_seconds must be positive, got "
-                            f"{self.part_frames}, {self.part_seconds}")
+        check(self)
 
 
 @dataclass

@@ -31,12 +31,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from spear_fast.data.manifest import read_manifest, write_manifest
 
 from spear_fast.atomic import atomic_write_json
+from spear_fast.config import config_to_dict, field
 from spear_fast.errors import UserError
 
 DEMO_SPEECH_TEACHER = "whisper-demo?context=clip&layer=2"  # the demo's speech teacher spec (see the module docstring)
@@ -47,34 +48,34 @@ DEMO_AUDIO_TEACHER = "crepe-demo?model=tiny&layer=conv3"  # the demo's audio tea
 class TeacherPlan:
     """One teacher's part of the chain."""
 
-    spec: str  # teacher spec (load_teacher)
-    domain: str  # clips its frames and tokens come from: "all" or "audio"
-    num_codebooks: int  # N codebooks of 256
-    normalize: bool  # per-dimension normalisation inside the quantiser
-    max_frames: int  # frames collected to fit the quantiser
-    phase_steps: tuple[int, int]  # quantiser fitting steps of phase 1 and 2
-    frames_per_clip: int = 0  # 0 = every frame of the chosen clips (teacher time per frame is the cost)
+    spec: str = field(doc="teacher spec (load_teacher)")
+    domain: str = field(doc='clips its frames and tokens come from: "all" or "audio"')
+    num_codebooks: int = field(doc="N codebooks of 256")
+    normalize: bool = field(doc="per-dimension normalisation inside the quantiser")
+    max_frames: int = field(doc="frames collected to fit the quantiser")
+    phase_steps: tuple[int, int] = field(doc="quantiser fitting steps of phase 1 and 2")
+    frames_per_clip: int = field(0, "0 = every frame of the chosen clips (teacher time per frame is the cost)")
 
 
 @dataclass
 class DemoDataConfig:
-    hours: float = 0.5  # pre-training audio of the demo corpus (the corpus builder's --hours)
-    tiny: bool = False  # the CI variant: the tiny corpus, fewer frames and fitting steps
-    seed: int = 0
-    teachers: dict[str, TeacherPlan] = field(default_factory=lambda: {
-        # Codebooks: 4 for speech (SPEAR: 16), a measured ablation at this budget (README, "What each
-        # lever did": spoken-content probe mean 41.0 % with 4 against 31.1 % with 16 after 600 steps;
-        # coarser targets are learnt sooner, and tokenising costs a quarter), 8 for audio (SPEAR's).
-        # Fitting steps sized to ~1 min per quantiser on 2 idle cores.
+    hours: float = field(0.5, "pre-training audio of the demo corpus (the corpus builder's --hours)")
+    tiny: bool = field(False, "the CI variant: the tiny corpus, fewer frames and fitting steps")
+    seed: int = field(0, "seed of the corpus, the frame sampling and the quantiser fitting")
+    # Codebooks: 4 for speech (SPEAR: 16), a measured ablation at this budget (README, "What each
+    # lever did": spoken-content probe mean 41.0 % with 4 against 31.1 % with 16 after 600 steps;
+    # coarser targets are learnt sooner, and tokenising costs a quarter), 8 for audio (SPEAR's).
+    # Fitting steps sized to ~1 min per quantiser on 2 idle cores.
+    teachers: dict[str, TeacherPlan] = field({
         "speech": TeacherPlan(DEMO_SPEECH_TEACHER, "all", num_codebooks=4, normalize=True, max_frames=20_000,
                               phase_steps=(80, 80)),
         "audio": TeacherPlan(DEMO_AUDIO_TEACHER, "audio", num_codebooks=8, normalize=False, max_frames=10_000,
                              phase_steps=(100, 100)),
-    })
-    fit_batch_size: int = 256  # frames per fitting step
-    refine_iters: int = 1  # MVQ refine passes when tokenising
-    batch_seconds: float = 60.0  # padded audio per teacher call
-    jobs: int = 2  # corpus builder processes
+    }, "the teachers' parts of the chain, by teacher name")
+    fit_batch_size: int = field(256, "frames per fitting step")
+    refine_iters: int = field(1, "MVQ refine passes when tokenising")
+    batch_seconds: float = field(60.0, "padded audio per teacher call")
+    jobs: int = field(2, "corpus builder processes")
 
     @classmethod
     def tiny_config(cls, seed: int = 0) -> DemoDataConfig:
@@ -91,8 +92,8 @@ class DemoData:
     token_dirs: dict[str, Path]  # "speech" / "audio" -> finalized token store
     quantizers: dict[str, Path]  # "speech" / "audio" -> .safetensors
     probes_dir: Path  # the corpus's probes/ (one folder per task)
-    teachers: dict[str, str] = field(default_factory=dict)  # "speech" / "audio" -> teacher spec used
-    stage_seconds: dict[str, float] = field(default_factory=dict)  # this run's time per stage (0 = skipped)
+    teachers: dict[str, str] = dataclasses.field(default_factory=dict)  # "speech" / "audio" -> teacher spec used
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # this run's time per stage (0 = skipped)
 
 
 def prepare_demo_data(work_dir: Path, *, tiny: bool = False, seed: int = 0,
@@ -134,7 +135,7 @@ def prepare_demo_data(work_dir: Path, *, tiny: bool = False, seed: int = 0,
 
 
 def _config_record(config: DemoDataConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists
+    return json.loads(json.dumps(config_to_dict(config)))  # tuples -> lists
 
 
 # The settings that decide what the stages' outputs hold (a directory built with others is not reused).

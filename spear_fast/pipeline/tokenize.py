@@ -21,9 +21,10 @@ worker's marker and summed over workers in summary.json at finalize.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ from spear_fast.data.token_store import (
     finalize_token_store,
     stored_ids,
 )
+from spear_fast.config import check, field
 from spear_fast.errors import UserError
 from spear_fast.sample_rate import SAMPLE_RATE
 from spear_fast.teachers.spec import TeacherSpec
@@ -57,31 +59,26 @@ SUMMARY_NAME = "summary.json"  # written at finalize: timings (teacher vs MVQ ..
 
 @dataclass
 class TokenizeConfig:
-    manifest: Path  # JSON-lines manifest
-    teacher: str  # teacher spec (spear_fast.teachers.load_teacher)
-    quantizer: Path  # .safetensors written by fit-mvq / Quantizer.save
-    out: Path  # token store directory
-    domain: str = "all"  # speech | audio | all: which manifest clips to tokenise
-    worker: tuple[int, int] = (0, 1)  # (i, n): this process is worker i of n
-    batch_seconds: float = 60.0  # padded audio per teacher call (longest clip x clips)
-    max_duration: float | None = DEFAULT_MAX_DURATION  # longer clips are skipped with a reason
-    device: str = "cpu"
-    shard_frames: int = DEFAULT_SHARD_FRAMES  # token frames per shard file
-    flush_seconds: float = 600.0  # also close a shard after this much wall time (bounds the work a crash loses)
-    refine_iters: int = 5  # MVQ refine passes (SPEAR / multi-quantization default)
-    finalize: bool = True  # finalize the store once every worker's marker exists
-    progress: bool = True
+    manifest: Path = field(doc="JSON-lines manifest")
+    teacher: str = field(doc="teacher spec (spear_fast.teachers.load_teacher)")
+    quantizer: Path = field(doc=".safetensors written by fit-mvq / Quantizer.save")
+    out: Path = field(doc="token store directory")
+    domain: str = field("all", "speech | audio | all: which manifest clips to tokenise")
+    worker: tuple[int, int] = field((0, 1), "(i, n): this process is worker i of n")
+    batch_seconds: float = field(60.0, "padded audio per teacher call (longest clip x clips)", gt=0.0)
+    max_duration: float | None = field(DEFAULT_MAX_DURATION, "longer clips are skipped with a reason (None: no cap)",
+                                       gt=0.0)
+    device: str = field("cpu", "device of the teacher and the quantiser")
+    shard_frames: int = field(DEFAULT_SHARD_FRAMES, "token frames per shard file")
+    flush_seconds: float = field(600.0, "also close a shard after this much wall time (bounds the work a crash "
+                                        "loses)", gt=0.0)
+    refine_iters: int = field(5, "MVQ refine passes (SPEAR / multi-quantization default)", ge=0)
+    finalize: bool = field(True, "finalize the store once every worker's marker exists")
+    progress: bool = field(True, "progress bar")
 
     def __post_init__(self) -> None:
         self.manifest, self.quantizer, self.out = Path(self.manifest), Path(self.quantizer), Path(self.out)
-        if not self.batch_seconds > 0:
-            raise UserError(f"tokenize: batch_seconds must be > 0, got {self.batch_seconds}")
-        if self.max_duration is not None and not self.max_duration > 0:
-            raise UserError(f"tokenize: max_duration must be > 0 or None, got {self.max_duration}")
-        if not self.flush_seconds > 0:
-            raise UserError(f"tokenize: flush_seconds must be > 0, got {self.flush_seconds}")
-        if isinstance(self.refine_iters, bool) or not isinstance(self.refine_iters, int) or self.refine_iters < 0:
-            raise UserError(f"tokenize: refine_iters must be an integer >= 0, got {self.refine_iters!r}")
+        check(self)
 
 
 @dataclass
@@ -99,7 +96,7 @@ class TokenizeSummary:
     write_seconds: float = 0.0
     wall_seconds: float = 0.0
     finalized: bool = False
-    skipped_ids: list[str] = field(default_factory=list)
+    skipped_ids: list[str] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         speed = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spear_fast.config import field
 from spear_fast.errors import UserError
 from spear_fast.sample_rate import SAMPLE_RATE
 
@@ -47,24 +48,24 @@ VARIANTS = {768: (12, 12), 1280: (32, 16), 1536: (40, 24)}  # embed_dim -> (dept
 @dataclasses.dataclass
 class DashengConfig:
     """AudioTransformerMAE_Encoder's keyword arguments that shape the inference network."""
-    patch_size: tuple[int, int] = (64, 4)  # (mel bins, frames) per patch
-    patch_stride: tuple[int, int] = (64, 4)
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    init_values: float | None = None  # LayerScale init; None = no LayerScale (no ls*.gamma keys)
-    target_length: int = 1008  # mel frames per chunk (10.08 s)
-    pooling: str = "mean"  # "token" adds cls_token/token_pos_embed (dropped from our frames)
-    n_fft: int = 512
-    n_mels: int = 64
-    hop_size: int = 160
-    win_size: int = 512
-    f_min: int = 0
-    f_max: int = 8000
-    center: bool = True
-    top_db: float = 120.0
+    patch_size: tuple[int, int] = field((64, 4), "(mel bins, frames) per patch")
+    patch_stride: tuple[int, int] = field((64, 4), "(mel bins, frames) between patch starts")
+    embed_dim: int = field(768, "Transformer width")
+    depth: int = field(12, "Transformer blocks")
+    num_heads: int = field(12, "attention heads")
+    mlp_ratio: float = field(4.0, "MLP hidden width / embed_dim")
+    qkv_bias: bool = field(True, "bias on the attention's qkv projection")
+    init_values: float | None = field(None, "LayerScale init; None = no LayerScale (no ls*.gamma keys)")
+    target_length: int = field(1008, "mel frames per chunk (10.08 s)")
+    pooling: str = field("mean", '"token" adds cls_token/token_pos_embed (dropped from our frames)')
+    n_fft: int = field(512, "FFT size of the spectrogram")
+    n_mels: int = field(64, "mel bins")
+    hop_size: int = field(160, "samples between spectrogram frames")
+    win_size: int = field(512, "Hann window length in samples")
+    f_min: int = field(0, "lowest mel filter edge (Hz)")
+    f_max: int = field(8000, "highest mel filter edge (Hz)")
+    center: bool = field(True, "reflect-pad each clip by n_fft // 2 at both ends")
+    top_db: float = field(120.0, "dB floor below each clip's peak")
 
     # training-only arguments of the official class: accepted and ignored
     IGNORED = frozenset({"drop_rate", "attn_drop_rate", "time_patch_out", "freq_patch_out", "eval_avg",

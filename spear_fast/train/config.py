@@ -1,7 +1,6 @@
 """Pre-training configuration: one typed dataclass per concern, nested under `TrainConfig`.
 
-Every field is documented once (its `doc` metadata; `describe(config)` prints them) and carries its
-range, so the student's `apply_overrides` works unchanged on the whole tree:
+Fields, bounds and overrides are spear_fast/config.py's, so one `apply_overrides` sets the whole tree:
 
     config = apply_overrides(train_config("tiny"), ["optim.lr=3e-4", "model.encoder.num_layers=4"])
 
@@ -14,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from spear_fast.config import apply_overrides, check, config_from_dict, field
 from spear_fast.errors import UserError
 from spear_fast.masking import MaskingConfig
-from spear_fast.model.config import StudentConfig, _field, config_from_dict, preset
+from spear_fast.model.config import StudentConfig, preset
 from spear_fast.objective import ObjectiveSettings
 
 TEACHER_NAMES = ("speech", "audio")  # the key of each teacher = the domain it is the expert of
@@ -27,9 +27,9 @@ class TeacherTokensConfig:
     """What one teacher's token store must hold; None = take it from the store's meta.json (the
     resolved value is written back, so a resumed run checks the store against it)."""
 
-    num_codebooks: int | None = _field(None, "MVQ codebooks N per token frame (None: from the store)", ge=1)
-    frame_rate: float | None = _field(None, "token frames per second (None: from the store)", gt=0.0)
-    codebook_size: int = _field(256, "entries K per codebook", ge=2, le=256)
+    num_codebooks: int | None = field(None, "MVQ codebooks N per token frame (None: from the store)", ge=1)
+    frame_rate: float | None = field(None, "token frames per second (None: from the store)", gt=0.0)
+    codebook_size: int = field(256, "entries K per codebook", ge=2, le=256)
 
 
 @dataclass
@@ -37,72 +37,69 @@ class LossConfig(ObjectiveSettings):
     """The objective of SPEAR.md section 6: its settings (alpha, lambda_audio, mode, max_length_mismatch;
     spear_fast/objective.py), which teachers it uses, and what their token stores hold."""
 
-    teachers: Literal["both", "speech", "audio"] = _field(
+    teachers: Literal["both", "speech", "audio"] = field(
         "both", "which teachers' losses are used (single-teacher ablations drop the other store)")
-    speech: TeacherTokensConfig = _field(TeacherTokensConfig(), "speech teacher's tokens")
-    audio: TeacherTokensConfig = _field(TeacherTokensConfig(), "audio teacher's tokens")
+    speech: TeacherTokensConfig = field(TeacherTokensConfig(), "speech teacher's tokens")
+    audio: TeacherTokensConfig = field(TeacherTokensConfig(), "audio teacher's tokens")
 
 
 @dataclass
 class OptimConfig:
     """The optimizer (AdamW or ScaledAdam), gradient clipping and accumulation."""
 
-    _NAMES = ("adamw", "scaled_adam")  # the values of `name` (a plain class attribute, not a field)
-
-    name: Literal["adamw", "scaled_adam"] = _field(
+    name: Literal["adamw", "scaled_adam"] = field(
         "adamw", "adamw: torch AdamW; scaled_adam: Zipformer's ScaledAdam (spear_fast/train/scaled_adam.py; the "
                  "paper: optim.lr=0.045 with schedule.kind=eden)")
-    lr: float = _field(5e-4, "peak learning rate", gt=0.0)
-    beta1: float = _field(0.9, "Adam beta1 (momentum)", ge=0.0, lt=1.0)
-    beta2: float = _field(0.98, "Adam beta2 (second moment)", ge=0.0, lt=1.0)
-    eps: float = _field(1e-8, "Adam epsilon", gt=0.0)
-    weight_decay: float = _field(0.01, "AdamW decoupled weight decay (not on biases, norms, mask vector); "
+    lr: float = field(5e-4, "peak learning rate", gt=0.0)
+    beta1: float = field(0.9, "Adam beta1 (momentum)", ge=0.0, lt=1.0)
+    beta2: float = field(0.98, "Adam beta2 (second moment)", ge=0.0, lt=1.0)
+    eps: float = field(1e-8, "Adam epsilon", gt=0.0)
+    weight_decay: float = field(0.01, "AdamW decoupled weight decay (not on biases, norms, mask vector); "
                                        "ScaledAdam has none", ge=0.0)
-    grad_clip: float = _field(1.0, "clip the global gradient norm to this (0: no clipping); not applied when "
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: no clipping); not applied when "
                                    "ScaledAdam clips (clipping_scale set)", ge=0.0)
-    accum_steps: int = _field(1, "micro-batches per optimizer step (gradient accumulation)", ge=1)
-    clipping_scale: float | None = _field(
+    accum_steps: int = field(1, "micro-batches per optimizer step (gradient accumulation)", ge=1)
+    clipping_scale: float | None = field(
         2.0, "ScaledAdam: clip the parameter-scaled gradient norm to this many times the median of the last "
              "100 steps (none: off, grad_clip applies instead)", gt=0.0)
-    scalar_lr_scale: float = _field(0.1, "ScaledAdam: lr factor of scalar parameters and of tensor-size steps",
+    scalar_lr_scale: float = field(0.1, "ScaledAdam: lr factor of scalar parameters and of tensor-size steps",
                                     gt=0.0)
-    param_min_rms: float = _field(1e-5, "ScaledAdam: a tensor's RMS is kept >= this (smallest step scale)", gt=0.0)
-    param_max_rms: float = _field(3.0, "ScaledAdam: a tensor's RMS is kept <= this by its size steps", gt=0.0)
+    param_min_rms: float = field(1e-5, "ScaledAdam: a tensor's RMS is kept >= this (smallest step scale)", gt=0.0)
+    param_max_rms: float = field(3.0, "ScaledAdam: a tensor's RMS is kept <= this by its size steps", gt=0.0)
 
     def __post_init__(self) -> None:
-        if self.name not in self._NAMES:
-            raise UserError(f"optim.name={self.name!r} is not an optimizer; known: {list(self._NAMES)}")
+        check(self)  # also when built in code, not only from the command line or a checkpoint
 
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule: linear warm-up, then cosine, Eden or constant."""
 
-    kind: Literal["cosine", "eden", "constant"] = _field(
+    kind: Literal["cosine", "eden", "constant"] = field(
         "cosine", "cosine: decay to min_lr_ratio * lr at total_steps; eden: Zipformer/icefall Eden "
                   "((s^2 + S^2)/S^2)^-1/4 * ((e^2 + E^2)/E^2)^-1/4; constant: lr after warm-up")
-    total_steps: int = _field(100_000, "optimizer steps of the run (the schedule's length and the default stop)",
+    total_steps: int = field(100_000, "optimizer steps of the run (the schedule's length and the default stop)",
                               ge=1)
-    warmup_steps: int = _field(2_000, "linear warm-up steps from warmup_start * lr to lr", ge=0)
-    warmup_start: float = _field(0.0, "lr factor at step 0 of the warm-up", ge=0.0, le=1.0)
-    min_lr_ratio: float = _field(0.02, "cosine: final lr / peak lr", ge=0.0, le=1.0)
-    eden_lr_steps: float = _field(7500.0, "eden: step scale S of the step factor", gt=0.0)
-    eden_lr_epochs: float = _field(3.5, "eden: epoch scale E of the epoch factor", gt=0.0)
+    warmup_steps: int = field(2_000, "linear warm-up steps from warmup_start * lr to lr", ge=0)
+    warmup_start: float = field(0.0, "lr factor at step 0 of the warm-up", ge=0.0, le=1.0)
+    min_lr_ratio: float = field(0.02, "cosine: final lr / peak lr", ge=0.0, le=1.0)
+    eden_lr_steps: float = field(7500.0, "eden: step scale S of the step factor", gt=0.0)
+    eden_lr_epochs: float = field(3.5, "eden: epoch scale E of the epoch factor", gt=0.0)
 
 
 @dataclass
 class DataConfig:
     """Batching (dynamic, by seconds of padded audio), loading and up-front validation."""
 
-    max_seconds: float = _field(200.0, "seconds of PADDED audio per micro-batch per process", gt=0.0)
-    num_buckets: int = _field(10, "duration buckets of the batch sampler", ge=1)
-    max_duration: float = _field(30.0, "clips longer than this are randomly cropped to it (seconds)", gt=0.04)
-    min_duration: float = _field(0.2, "clips shorter than this are skipped (reported in skipped.jsonl)", ge=0.01)
-    num_workers: int = _field(2, "DataLoader worker processes (0: load in the training process)", ge=0)
-    prefetch_factor: int = _field(2, "batches prefetched per worker", ge=1)
-    allow_missing_tokens: bool = _field(
+    max_seconds: float = field(200.0, "seconds of PADDED audio per micro-batch per process", gt=0.0)
+    num_buckets: int = field(10, "duration buckets of the batch sampler", ge=1)
+    max_duration: float = field(30.0, "clips longer than this are randomly cropped to it (seconds)", gt=0.04)
+    min_duration: float = field(0.2, "clips shorter than this are skipped (reported in skipped.jsonl)", ge=0.01)
+    num_workers: int = field(2, "DataLoader worker processes (0: load in the training process)", ge=0)
+    prefetch_factor: int = field(2, "batches prefetched per worker", ge=1)
+    allow_missing_tokens: bool = field(
         False, "False: every clip must have tokens of every teacher that applies to it (checked up front)")
-    length_tolerance: float = _field(
+    length_tolerance: float = field(
         0.1, "up-front check: |token frames / frame_rate - clip duration| must be <= this many seconds", ge=0.0)
 
 
@@ -110,21 +107,21 @@ class DataConfig:
 class MixingConfig:
     """Token mixing (SPEAR.md section 7, kernels.token_mix) and noise mixing; training only."""
 
-    token_mix_prob: float = _field(0.1, "probability that a clip gets another clip of the batch mixed in",
+    token_mix_prob: float = field(0.1, "probability that a clip gets another clip of the batch mixed in",
                                    ge=0.0, le=1.0)
-    snr_min_db: float = _field(-5.0, "token mixing: lowest primary-to-partner SNR (dB)")
-    snr_max_db: float = _field(5.0, "token mixing: highest SNR (dB)")
-    overlap_min: float = _field(0.2, "token mixing: shortest partial overlap, fraction of the primary", ge=0.0,
+    snr_min_db: float = field(-5.0, "token mixing: lowest primary-to-partner SNR (dB)")
+    snr_max_db: float = field(5.0, "token mixing: highest SNR (dB)")
+    overlap_min: float = field(0.2, "token mixing: shortest partial overlap, fraction of the primary", ge=0.0,
                                 le=1.0)
-    overlap_max: float = _field(0.5, "token mixing: longest partial overlap, fraction of the primary", ge=0.0,
+    overlap_max: float = field(0.5, "token mixing: longest partial overlap, fraction of the primary", ge=0.0,
                                 le=1.0)
-    full_overlap_prob: float = _field(0.5, "token mixing: probability of a full-length overlap", ge=0.0, le=1.0)
-    noise_prob: float = _field(0.0, "probability that a clip gets noise added (targets unchanged)", ge=0.0,
+    full_overlap_prob: float = field(0.5, "token mixing: probability of a full-length overlap", ge=0.0, le=1.0)
+    noise_prob: float = field(0.0, "probability that a clip gets noise added (targets unchanged)", ge=0.0,
                                le=1.0)
-    noise_kind: Literal["gaussian", "batch"] = _field(
+    noise_kind: Literal["gaussian", "batch"] = field(
         "gaussian", "noise source: white Gaussian noise, or another clip of the batch (babble, no token swap)")
-    noise_snr_min_db: float = _field(5.0, "noise mixing: lowest SNR (dB)")
-    noise_snr_max_db: float = _field(20.0, "noise mixing: highest SNR (dB)")
+    noise_snr_min_db: float = field(5.0, "noise mixing: lowest SNR (dB)")
+    noise_snr_max_db: float = field(20.0, "noise mixing: highest SNR (dB)")
 
     def validate(self) -> None:
         if self.snr_min_db > self.snr_max_db or self.noise_snr_min_db > self.noise_snr_max_db:
@@ -138,55 +135,49 @@ class MixingConfig:
 class RuntimeConfig:
     """Device, precision, compilation, seed."""
 
-    device: str = _field("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = _field(
+    device: str = field("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", "auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a GradScaler")
-    compile: Literal["auto", "on", "off"] = _field("auto", "torch.compile the student's blocks; auto: on for CUDA")
-    compile_backend: str = _field("inductor", "torch.compile backend (aot_eager/eager for quick CPU checks)")
-    seed: int = _field(0, "seed of the data order, crops, masks, mixing and dropout (per step)", ge=0)
-    threads: int = _field(0, "torch CPU threads (0: torch's default)", ge=0)
+    compile: Literal["auto", "on", "off"] = field("auto", "torch.compile the student's blocks; auto: on for CUDA")
+    compile_backend: str = field("inductor", "torch.compile backend (aot_eager/eager for quick CPU checks)")
+    seed: int = field(0, "seed of the data order, crops, masks, mixing and dropout (per step)", ge=0)
+    threads: int = field(0, "torch CPU threads (0: torch's default)", ge=0)
 
 
 @dataclass
 class LoggingConfig:
-    log_every: int = _field(10, "steps between stdout lines, when the loop reads the steps' numbers from the "
-                                "device (log.jsonl gets every step)", ge=1)
-    progress: bool = _field(True, "tqdm progress bar (rank 0)")
-    tensorboard: bool = _field(True, "write TensorBoard events when torch.utils.tensorboard is importable")
-    plot: bool = _field(True, "loss-curve PNG at the end (needs matplotlib)")
+    log_every: int = field(10, "steps between stdout lines, when the loop reads the steps' numbers from the "
+                               "device (log.jsonl gets every step)", ge=1)
+    progress: bool = field(True, "tqdm progress bar (rank 0)")
+    tensorboard: bool = field(True, "write TensorBoard events when torch.utils.tensorboard is importable")
+    plot: bool = field(True, "loss-curve PNG at the end (needs matplotlib)")
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = _field(1000, "save every N optimizer steps (and always at the end / on SIGTERM)", ge=1)
-    keep_last: int = _field(3, "checkpoints kept (older ones are deleted)", ge=1)
-    keep_every: int = _field(0, "also save and keep for good every checkpoint whose step is a multiple of this "
+    every_steps: int = field(1000, "save every N optimizer steps (and always at the end / on SIGTERM)", ge=1)
+    keep_last: int = field(3, "checkpoints kept (older ones are deleted)", ge=1)
+    keep_every: int = field(0, "also save and keep for good every checkpoint whose step is a multiple of this "
                                 "(0: none); the demo report probes them for its trend panel", ge=0)
-    ema_decay: float = _field(0.0, "EMA of the student's weights (0: off; e.g. 0.9999)", ge=0.0, lt=1.0)
+    ema_decay: float = field(0.0, "EMA of the student's weights (0: off; e.g. 0.9999)", ge=0.0, lt=1.0)
 
 
 @dataclass
 class TrainConfig:
     """Everything `train.py` needs besides the data paths."""
 
-    model: StudentConfig = _field(StudentConfig(), "the student (preset + overrides)")
-    masking: MaskingConfig = _field(MaskingConfig(), "fbank span masking (spear_fast/masking.py)")
-    loss: LossConfig = _field(LossConfig(), "objective")
-    optim: OptimConfig = _field(OptimConfig(), "optimizer")
-    schedule: ScheduleConfig = _field(ScheduleConfig(), "learning-rate schedule")
-    data: DataConfig = _field(DataConfig(), "batching and loading")
-    mixing: MixingConfig = _field(MixingConfig(), "token and noise mixing")
-    runtime: RuntimeConfig = _field(RuntimeConfig(), "device, precision, compile, seed")
-    logging: LoggingConfig = _field(LoggingConfig(), "logging")
-    checkpoint: CheckpointConfig = _field(CheckpointConfig(), "checkpointing")
+    model: StudentConfig = field(StudentConfig(), "the student (preset + overrides)")
+    masking: MaskingConfig = field(MaskingConfig(), "fbank span masking (spear_fast/masking.py)")
+    loss: LossConfig = field(LossConfig(), "objective")
+    optim: OptimConfig = field(OptimConfig(), "optimizer")
+    schedule: ScheduleConfig = field(ScheduleConfig(), "learning-rate schedule")
+    data: DataConfig = field(DataConfig(), "batching and loading")
+    mixing: MixingConfig = field(MixingConfig(), "token and noise mixing")
+    runtime: RuntimeConfig = field(RuntimeConfig(), "device, precision, compile, seed")
+    logging: LoggingConfig = field(LoggingConfig(), "logging")
+    checkpoint: CheckpointConfig = field(CheckpointConfig(), "checkpointing")
 
     def validate(self) -> None:
-        from spear_fast.model.config import _check_bounds
-
-        _check_bounds(self)
-        self.model.validate()
-        self.masking.validate()
-        self.mixing.validate()
         if self.data.min_duration >= self.data.max_duration:
             raise UserError(f"data.min_duration={self.data.min_duration} must be < data.max_duration="
                             f"{self.data.max_duration}")
@@ -228,8 +219,6 @@ _PRESET_DEFAULTS: dict[str, list[str]] = {
 
 def train_config(name: str) -> TrainConfig:
     """The training config of preset `name` (ValueError listing the known names otherwise)."""
-    from spear_fast.model.config import apply_overrides
-
     student = preset(name)  # raises for unknown names
     return apply_overrides(TrainConfig(model=student), _PRESET_DEFAULTS[name])
 

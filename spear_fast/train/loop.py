@@ -46,10 +46,11 @@ from spear_fast.audio import fbank, num_frames
 from spear_fast.data.dataset import Batch
 from spear_fast.data.manifest import ManifestEntry
 from spear_fast.data.token_store import TokenStore
+from spear_fast.config import config_to_dict
 from spear_fast.errors import UserError
 from spear_fast.lengths import Lengths
 from spear_fast.masking import compute_masks
-from spear_fast.model.config import config_to_dict, param_count
+from spear_fast.model.config import param_count
 from spear_fast.model.student import SpearStudent
 from spear_fast.objective import (
     ObjectiveConfig,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spear_fast.config import apply_overrides, check, describe
 from spear_fast.errors import UserError
-from spear_fast.model.config import apply_overrides, describe, param_count
+from spear_fast.model.config import param_count
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -108,7 +109,7 @@ def launch(args: argparse.Namespace, config, manifest_path: Path, token_dirs: di
     # everything checkable is checked before the model is built
     stores = open_token_stores(token_dirs, config)
     entries, skipped = validate_corpus(read_manifest(manifest_path), stores, config)
-    config.validate()
+    check(config)
     existing = latest_checkpoint(Path(args.out))
     if existing is not None and not args.resume:
         raise UserError(f"{args.out} already holds checkpoints (newest {existing.name}); pass --resume to continue "
