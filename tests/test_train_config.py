@@ -145,6 +145,31 @@ def test_a_big_preset_without_data_points_to_the_data_flags(preset, monkeypatch,
     assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
 
 
+def test_the_long_demo_preset_is_the_demo_recipe_run_longer(monkeypatch, tmp_path):
+    """tiny-long trains the tiny student with the tiny recipe; only the schedule's length and the
+    milestones differ, and the demo accepts it (it reaches the data chain, stubbed here)."""
+    from spear_fast.config import config_to_dict
+    from spear_fast.demo import run as demo_run
+
+    short, long = config_to_dict(train_config("tiny")), config_to_dict(train_config("tiny-long"))
+    changed = {(section, key) for section in short for key in short[section]
+               if short[section][key] != long[section][key]}
+    assert changed == {("schedule", "total_steps"), ("checkpoint", "keep_every")}
+    assert long["schedule"]["total_steps"] % long["checkpoint"]["keep_every"] == 0
+    assert long["schedule"]["total_steps"] > short["schedule"]["total_steps"]
+
+    class Reached(Exception):
+        pass
+
+    def stop(args):
+        raise Reached(args.out)
+
+    monkeypatch.setattr(demo_run, "demo_data", stop)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Reached, match="tiny-long"):  # default run dir: runs/tiny-long
+        run_train(["--preset", "tiny-long", "--demo-dir", str(tmp_path / "demo")])
+
+
 def test_missing_demo_pipeline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "spear_fast.pipeline.demo", None)  # import fails
     with pytest.raises(ValueError, match="demo pipeline is unavailable"):

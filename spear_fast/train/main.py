@@ -20,7 +20,8 @@ from spear_fast.model.config import param_count
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train.py", description="SPEAR pre-training (see spear_fast/train/loop.py)")
-    parser.add_argument("--preset", default="tiny", help="student preset: tiny, base, large, xlarge (default tiny)")
+    parser.add_argument("--preset", default="tiny", help="training preset: tiny (the demo), tiny-long (the demo's longer run), base, large, "
+                             "xlarge (default tiny)")
     parser.add_argument("--manifest", default=None, help="JSON-lines manifest of the pre-training clips")
     parser.add_argument("--tokens", action="append", default=[], metavar="TEACHER=DIR",
                         help="token store of a teacher: speech=DIR and/or audio=DIR (repeatable)")
