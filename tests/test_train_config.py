@@ -5,6 +5,7 @@ import json
 import math
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,46 @@ def test_the_long_demo_preset_is_the_demo_recipe_run_longer(monkeypatch, tmp_pat
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Reached, match="tiny-long"):  # default run dir: runs/tiny-long
         run_train(["--preset", "tiny-long", "--demo-dir", str(tmp_path / "demo")])
+
+
+def test_the_demo_corpus_size_follows_the_preset_or_demo_hours(monkeypatch, tmp_path):
+    """Each demo preset names the hours of audio its corpus holds and --demo-hours overrides them; the
+    default directory is one per size (a directory refuses a corpus of another size). A size the
+    corpus builder would take for its test variant, with other probe sets, is refused, and so is
+    --demo-hours with --demo-size tiny."""
+    from spear_fast.demo.run import DEMO_HOURS
+    from spear_fast.pipeline import demo as pipeline_demo
+
+    class Reached(Exception):
+        pass
+
+    calls = []
+
+    def stop(work_dir, *, tiny=False, config=None, **_):
+        calls.append((Path(work_dir), tiny, config))
+        raise Reached
+
+    monkeypatch.setattr(pipeline_demo, "prepare_demo_data", stop)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SPEAR_DEMO_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    dirs = {}
+    for argv, hours in [(["--preset", "tiny"], DEMO_HOURS["tiny"]),
+                        (["--preset", "tiny-long"], DEMO_HOURS["tiny-long"]),
+                        (["--preset", "tiny", "--demo-hours", "2.5"], 2.5)]:
+        with pytest.raises(Reached):
+            run_train(argv)
+        work_dir, tiny, config = calls.pop()
+        assert not tiny and config.hours == hours
+        assert work_dir.parent == tmp_path / ".cache/spear-fast"
+        dirs.setdefault(hours, set()).add(work_dir)
+    assert all(len(d) == 1 for d in dirs.values()) and len(set.union(*dirs.values())) == len(dirs)
+    for argv, message in [(["--demo-hours", "0"], "--demo-hours must be > 0, got 0.0"),
+                          (["--demo-hours", "0.01"], "--demo-hours 0.01 is at or below the tiny corpus"),
+                          (["--demo-size", "tiny", "--demo-hours", "1"], "--demo-hours sizes the full demo")]:
+        with pytest.raises(ValueError, match=message):
+            run_train(argv)
+    assert not calls
 
 
 def test_missing_demo_pipeline_is_a_clear_error(monkeypatch, tmp_path):

@@ -215,9 +215,10 @@ _PRESET_DEFAULTS: dict[str, list[str]] = {
     "large": ["data.max_seconds=300", "schedule.total_steps=400000", *_PAPER_SCHEDULE, *_PAPER_OPTIMIZER],
     "xlarge": ["data.max_seconds=300", "schedule.total_steps=500000", *_PAPER_SCHEDULE, *_PAPER_OPTIMIZER],
 }
-# The demo's longer run: the same tiny student and recipe for 3000 steps (~50 min of pre-training on
-# 2 cores, ~65 min from an empty directory with the data chain and the probes; the bar is 90), with
-# milestones every 1000 steps for the report's trend panel. Longer-run figures: README, "Longer runs".
+# The demo's longer run: the same tiny student and recipe for 3000 steps on a 4 h demo corpus
+# (spear_fast.demo.run.DEMO_HOURS; ~48 min of pre-training on the slower 2-core VM, ~65 min from an
+# empty directory with the data chain and the probes; the bar is 90), with milestones every 1000
+# steps for the report's trend panel. Longer-run figures: README, "Longer runs".
 _PRESET_DEFAULTS["tiny-long"] = [*_PRESET_DEFAULTS["tiny"], "schedule.total_steps=3000", "checkpoint.keep_every=1000"]
 # A training preset that is not a student preset names the student it trains.
 _PRESET_STUDENT = {"tiny-long": "tiny"}

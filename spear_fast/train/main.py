@@ -41,6 +41,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo-size", choices=["full", "tiny"], default="full",
                         help="demo corpus size: full (the embedded default, ~0.5 h) or tiny (a minute of audio and "
                              "few probe clips: a quick check that the whole chain runs, as CI does)")
+    parser.add_argument("--demo-hours", type=float, default=None,
+                        help="hours of pre-training audio in the demo corpus (default: the preset's, README "
+                             "\"Longer runs\"); one demo directory holds one corpus size")
     parser.add_argument("--no-report", action="store_true",
                         help="demo: stop after pre-training (skip the probes, the table and report.json/png)")
     return parser
@@ -57,6 +60,8 @@ def check_args(args: argparse.Namespace) -> None:
     runs/<preset>-<teachers>, so they do not resume the default run."""
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if getattr(args, "demo_hours", None) is not None and args.demo_hours <= 0:
+        raise UserError(f"--demo-hours must be > 0, got {args.demo_hours}")
     if args.out is None:
         no_data = args.manifest is None and not args.tokens
         suffix = f"-{args.teachers}" if no_data and args.teachers not in (None, "both") else ""
