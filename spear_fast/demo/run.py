@@ -31,8 +31,7 @@ DEMO_PRESETS = tuple(DEMO_HOURS)
 
 def demo_hours(args: argparse.Namespace) -> float:
     """Hours of pre-training audio in the demo corpus: --demo-hours, else the preset's."""
-    hours = getattr(args, "demo_hours", None)
-    return hours if hours is not None else DEMO_HOURS[args.preset]
+    return args.demo_hours if args.demo_hours is not None else DEMO_HOURS[args.preset]
 
 
 def demo_work_dir(args: argparse.Namespace) -> Path:
@@ -54,7 +53,7 @@ def demo_data(args: argparse.Namespace):
         raise UserError(f"no --manifest/--tokens given and the demo pipeline is unavailable ({error}); pass "
                         f"--manifest M --tokens speech=DIR [--tokens audio=DIR]") from error
     if args.demo_size == "tiny":
-        if getattr(args, "demo_hours", None) is not None:
+        if args.demo_hours is not None:
             raise UserError("--demo-hours sizes the full demo corpus; --demo-size tiny has its own fixed size")
         return prepare_demo_data(demo_work_dir(args), tiny=True)
     hours = demo_hours(args)

@@ -37,10 +37,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="stop after this many optimizer steps in total (the schedule keeps schedule.total_steps)")
     parser.add_argument("--demo-dir", default=None,
                         help="where the demo corpus and its tokens live/are built when no data flags are given "
-                             "(default $SPEAR_DEMO_DIR or ~/.cache/spear-fast/demo-data)")
+                             "(default $SPEAR_DEMO_DIR or ~/.cache/spear-fast/demo-data, -<H>h for other corpus sizes)")
     parser.add_argument("--demo-size", choices=["full", "tiny"], default="full",
-                        help="demo corpus size: full (the embedded default, ~0.5 h) or tiny (a minute of audio and "
-                             "few probe clips: a quick check that the whole chain runs, as CI does)")
+                        help="demo corpus size: full (the preset's: 0.5 h for tiny, 4 h for tiny-long) or tiny "
+                             "(a minute of audio and few probe clips: a quick check that the whole chain runs, as CI "
+                             "does)")
     parser.add_argument("--demo-hours", type=float, default=None,
                         help="hours of pre-training audio in the demo corpus (default: the preset's, README "
                              "\"Longer runs\"); one demo directory holds one corpus size")
@@ -60,7 +61,7 @@ def check_args(args: argparse.Namespace) -> None:
     runs/<preset>-<teachers>, so they do not resume the default run."""
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
-    if getattr(args, "demo_hours", None) is not None and args.demo_hours <= 0:
+    if args.demo_hours is not None and args.demo_hours <= 0:
         raise UserError(f"--demo-hours must be > 0, got {args.demo_hours}")
     if args.out is None:
         no_data = args.manifest is None and not args.tokens
